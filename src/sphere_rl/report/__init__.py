@@ -1,1 +1,1 @@
-"""report."""
+"""Reporting: tables and figures made from run results."""

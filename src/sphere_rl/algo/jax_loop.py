@@ -1,0 +1,160 @@
+"""Fused training for JAX-native envs: rollout (scan over steps) + GAE + update phase in one jitted call.
+
+Task parameters are data, so one compiled iteration serves every task of an env family.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from sphere_rl.algo.gae import compute_gae
+from sphere_rl.algo.ppo import PPO, AgentState, Batch
+
+
+class RolloutCarry(flax.struct.PyTreeNode):
+    """Environment-side state carried between iterations (checkpointed with the agent)."""
+
+    env_state: Any
+    raw_obs: jax.Array  # (N, obs_dim), not normalised
+    key: jax.Array
+    episode_return: jax.Array  # (N,) running undiscounted return of the current episode
+    episode_length: jax.Array  # (N,)
+
+
+class _Step(NamedTuple):
+    obs: jax.Array
+    actions: jax.Array
+    log_probs: jax.Array
+    values: jax.Array
+    rewards: jax.Array
+    dones: jax.Array
+    episode_return: jax.Array
+    episode_length: jax.Array
+    episode_success: jax.Array
+
+
+def episode_statistics(dones: jax.Array, returns: jax.Array, lengths: jax.Array, success: jax.Array) -> dict[str, jax.Array]:
+    """Sums over the episodes that ended in a rollout (the caller divides by `episodes`)."""
+    d = dones.astype(jnp.float32)
+    return {
+        "episodes": d.sum(),
+        "episode_return_sum": jnp.sum(returns * d),
+        "episode_length_sum": jnp.sum(lengths * d),
+        "episode_success_sum": jnp.sum(success.astype(jnp.float32) * d),
+    }
+
+
+class JaxLoop:
+    """Training and evaluation of a PPO agent on a `FunctionalEnv`, entirely inside jit."""
+
+    def __init__(self, ppo: PPO, env: Any):
+        self.ppo = ppo
+        self.env = env
+        self.cfg = ppo.cfg
+        self._reset = jax.vmap(env.reset, in_axes=(0, None))
+        self._step = jax.vmap(env.step, in_axes=(0, 0, None))
+        self.action_low = jnp.asarray(env.action_low, jnp.float32)
+        self.action_high = jnp.asarray(env.action_high, jnp.float32)
+        self.iteration = jax.jit(self._iteration)
+        self.evaluate = jax.jit(self._evaluate)
+        self.start = jax.jit(self._start)
+        self.probe_states = jax.jit(self._probe_states, static_argnames=("n_steps",))
+
+    # ------------------------------------------------------------------ start of a task
+    def _start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, RolloutCarry]:
+        """Reset all envs of a task; the normaliser sees the first observations."""
+        key, reset_key = jax.random.split(key)
+        env_state, obs = self._reset(jax.random.split(reset_key, self.cfg.ppo.num_envs), env_params)
+        if self.cfg.ppo.normalize_obs:
+            agent_state = agent_state.replace(obs_rms=agent_state.obs_rms.update(obs))
+        n = self.cfg.ppo.num_envs
+        carry = RolloutCarry(env_state, obs, key, jnp.zeros(n, jnp.float32), jnp.zeros(n, jnp.int32))
+        return agent_state, carry
+
+    # ------------------------------------------------------------------ one iteration
+    def _rollout_step(self, env_params: Any, carry: tuple[AgentState, RolloutCarry], _):
+        agent_state, rc = carry
+        ppo, gamma = self.ppo, self.cfg.ppo.gamma
+        key, act_key = jax.random.split(rc.key)
+        obs = ppo.normalize_obs(agent_state, rc.raw_obs)
+        action, log_prob, value = ppo._policy_step(agent_state, obs, act_key)
+        env_action = jnp.clip(action, self.action_low, self.action_high)
+        env_state, next_obs, reward, terminated, truncated, info = self._step(rc.env_state, env_action, env_params)
+        # Time-limit truncation: bootstrap with the value of the observation the episode ended in.
+        final_value = ppo.value(agent_state, ppo.normalize_obs(agent_state, info["final_obs"]))
+        bootstrap = jnp.logical_and(truncated, jnp.logical_not(terminated)).astype(jnp.float32)
+        train_reward = reward + gamma * final_value * bootstrap
+        done = jnp.logical_or(terminated, truncated)
+        episode_return = rc.episode_return + reward
+        episode_length = rc.episode_length + 1
+        if self.cfg.ppo.normalize_obs:
+            agent_state = agent_state.replace(obs_rms=agent_state.obs_rms.update(next_obs))
+        step = _Step(obs, action, log_prob, value, train_reward, done, episode_return, episode_length, info["success"])
+        rc = RolloutCarry(
+            env_state,
+            next_obs,
+            key,
+            jnp.where(done, 0.0, episode_return),
+            jnp.where(done, 0, episode_length),
+        )
+        return (agent_state, rc), step
+
+    def _iteration(self, agent_state: AgentState, rc: RolloutCarry, env_params: Any, learning_rate: jax.Array):
+        """Collect num_envs x n_steps transitions, compute GAE, run the update phase."""
+        p = self.cfg.ppo
+        (agent_state, rc), traj = jax.lax.scan(
+            lambda c, x: self._rollout_step(env_params, c, x), (agent_state, rc), None, length=p.n_steps
+        )
+        last_value = self.ppo.value(agent_state, self.ppo.normalize_obs(agent_state, rc.raw_obs))
+        advantages, returns = compute_gae(traj.rewards, traj.values, traj.dones, last_value, p.gamma, p.gae_lambda)
+        flat = lambda x: x.reshape((-1,) + x.shape[2:])
+        batch = Batch(flat(traj.obs), flat(traj.actions), flat(traj.log_probs), flat(advantages), flat(returns))
+        key, update_key = jax.random.split(rc.key)
+        rc = rc.replace(key=key)
+        agent_state, metrics = self.ppo.update_phase(agent_state, batch, update_key, learning_rate)
+        metrics.update(episode_statistics(traj.dones, traj.episode_return, traj.episode_length, traj.episode_success))
+        metrics["value_mean"] = traj.values.mean()
+        metrics["advantage_std"] = advantages.std()
+        return agent_state, rc, metrics
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate(self, agent_state: AgentState, env_params: Any, key: jax.Array) -> dict[str, jax.Array]:
+        """Deterministic policy (action mean), frozen normaliser, one episode per env.
+
+        Runs `max_episode_steps` steps; each env's first finished episode is scored (return and
+        the env's success flag at its last step).
+        """
+        n = self.cfg.run.eval_episodes
+        env_state, obs = self._reset(jax.random.split(key, n), env_params)
+
+        def step(carry, _):
+            env_state, obs, ret, finished, final_ret, final_success = carry
+            action, _, _ = self.ppo._policy_step(agent_state, self.ppo.normalize_obs(agent_state, obs), key, deterministic=True)
+            env_state, obs, reward, terminated, truncated, info = self._step(
+                env_state, jnp.clip(action, self.action_low, self.action_high), env_params
+            )
+            ret = ret + jnp.where(finished, 0.0, reward)
+            done_now = jnp.logical_and(jnp.logical_or(terminated, truncated), jnp.logical_not(finished))
+            final_ret = jnp.where(done_now, ret, final_ret)
+            final_success = jnp.where(done_now, info["success"], final_success)
+            return (env_state, obs, ret, jnp.logical_or(finished, done_now), final_ret, final_success), None
+
+        zeros = jnp.zeros(n, jnp.float32)
+        init = (env_state, obs, zeros, jnp.zeros(n, bool), zeros, jnp.zeros(n, bool))
+        (_, _, _, finished, final_ret, final_success), _ = jax.lax.scan(
+            step, init, None, length=self.env.max_episode_steps
+        )
+        return {
+            "return": final_ret.mean(),
+            "success": final_success.astype(jnp.float32).mean(),
+            "episodes": finished.sum(),
+        }
+
+    def _probe_states(self, agent_state: AgentState, rc: RolloutCarry, env_params: Any, n_steps: int) -> jax.Array:
+        """Normalised observations of `n_steps` policy steps from `rc`; training state is left untouched."""
+        _, traj = jax.lax.scan(lambda c, x: self._rollout_step(env_params, c, x), (agent_state, rc), None, length=n_steps)
+        return traj.obs.reshape((-1, traj.obs.shape[-1]))

@@ -1,0 +1,171 @@
+"""The `sphere` command line: train, resume, eval, demo, envs, presets, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from sphere_rl.config import PRESETS, Config, ConfigError, load, preset
+
+
+def _build_config(args: argparse.Namespace) -> Config:
+    if args.config:
+        cfg = load(args.config)
+        if args.overrides:
+            cfg = cfg.override(args.overrides)
+        return cfg.validate()
+    return preset(args.preset, args.overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sphere_rl.protocols.runner import Runner
+    from sphere_rl.runs import RunDir
+
+    if args.resume:
+        if args.overrides or args.config:
+            raise ConfigError("--resume continues a run with its saved config; drop the overrides/--config")
+        run_dir = RunDir.open(args.resume)
+        cfg = Config.from_dict(run_dir.config).validate()
+        print(f"resuming {run_dir.root}")
+        result = Runner(cfg, run_dir).run(resume=True)
+    else:
+        cfg = _build_config(args)
+        if args.out_dir:
+            cfg = cfg.override({"run.out_dir": args.out_dir})
+        if args.name:
+            cfg = cfg.override({"run.name": args.name})
+        run_dir = RunDir.create(cfg.run.out_dir, name=cfg.run.name or None, config=cfg.to_dict(), seed=cfg.seed)
+        run_dir.write_manifest(seed=cfg.seed)
+        print(f"run directory: {run_dir.root}")
+        result = Runner(cfg, run_dir).run()
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    from sphere_rl.report.tables import results_table
+
+    print(results_table({"run": result}))
+    print(f"average success {result.average_success:.3f} | {result.env_steps} env steps in {result.wall_time_s:.0f} s")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sphere_rl.protocols.evaluate import evaluate_run
+
+    report = evaluate_run(args.run_dir, step=args.checkpoint, episodes=args.episodes)
+    for row in report["tasks"]:
+        print(f"{row['task']:<28} success {row['success']:.2f}  return {row['return']:9.2f}")
+    print(f"average success {report['average_success']:.3f} (checkpoint at env step {report['env_step']}); written to {report['path']}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sphere_rl.experiments.demo import run_demo
+
+    run_demo(out_dir=args.out_dir, seed=args.seed, quick=args.quick)
+    return 0
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from sphere_rl import envs
+
+    print("Environments:")
+    for spec in envs.list_envs():
+        kind = "jax" if spec.jax_native else "gym"
+        print(f"  {spec.id:<28} [{kind}] {spec.description}")
+    print("  gym:<Gymnasium id>             [gym] any installed Gymnasium env through the vector adapter")
+    print("Task sequences:")
+    for name, seq in envs.list_sequences().items():
+        print(f"  {name:<12} {' -> '.join(seq.env_ids)}")
+        print(f"  {'':<12} {seq.description}")
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, entry in sorted(PRESETS.items()):
+        print(f"{name:<16} {entry['description']}")
+        for key, value in entry["overrides"].items():
+            print(f"{'':<18}{key}={value}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from sphere_rl.experiments.bench import run_bench
+
+    run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts))
+    return 0
+
+
+def cmd_plasticity(args: argparse.Namespace) -> int:
+    from sphere_rl.experiments.plasticity_gap import run_plasticity_gap
+
+    run_plasticity_gap(seeds=args.seeds, out_dir=args.out_dir, overrides=args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a preset (RL or CRL) or resume a run", description=(
+        "Train from a named preset plus dotted overrides, e.g. `sphere train --preset demo net.actor=mlp ppo.lr=1e-3`, "
+        "or continue an interrupted run with `sphere train --resume RUN_DIR`."))
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.field=value")
+    p.add_argument("--preset", default="default", help="named preset (see `sphere presets`)")
+    p.add_argument("--config", help="a config JSON file (e.g. another run's config.json)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last good checkpoint")
+    p.add_argument("--out-dir", help="parent folder of the run directory (run.out_dir)")
+    p.add_argument("--name", help="run directory name (run.name)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a run's checkpoint on all its tasks")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", type=int, default=None, help="env step of the checkpoint (default: latest good)")
+    p.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's eval_episodes)")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE")
+    p.add_argument("--out-dir", default="runs/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a much smaller budget (a smoke test, no effect expected)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("envs", help="list environment ids and task sequences")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("presets", help="list named config presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("bench", help="benchmarks: update-phase time, SPHERE overhead, training throughput")
+    p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions")
+    p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to both protocols")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--out-dir", default="runs/plasticity")
+    p.set_defaults(func=cmd_plasticity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"sphere: config error: {err}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"sphere: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nsphere: interrupted; continue with `sphere train --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

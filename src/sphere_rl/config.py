@@ -1,0 +1,390 @@
+"""Typed, validated run configuration: dataclasses, dotted overrides, presets and (de)serialisation.
+
+One `Config` describes a whole run. It is frozen (hashable), so it can be a static argument of
+jitted functions. Every field is documented in place; `docs/config.md` lists them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration value. The message names the offending field."""
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Actor and critic architectures (SPEC §4: official defaults)."""
+
+    actor: str = "topk_moe"
+    """Actor kind, a key of the actor registry: `mlp`, `topk_moe`, `dense_moe`, `ds_moe`."""
+    hidden_sizes: tuple[int, ...] = (256, 256, 256)
+    """Hidden layer widths of the dense actor and of every expert."""
+    n_experts: int = 10
+    """Number of (routed) experts E."""
+    top_k: int = 2
+    """Experts kept per state by Top-K and DS-MoE routing."""
+    n_shared: int = 1
+    """DS-MoE only: experts that are always on (gate weight 1)."""
+    gate_hidden_sizes: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the gating MLP (the official gate is an MLP 3x256 -> E logits)."""
+    gate_temperature: float = 1.0
+    """Softmax temperature of the router."""
+    critic: str = "mlp"
+    """Critic kind: `mlp` (official) or an MoE kind for an MoE critic."""
+    critic_hidden_sizes: tuple[int, ...] = (256, 256, 256)
+    """Hidden widths of the dense critic (and of the experts of an MoE critic)."""
+    log_std_init: float = 0.0
+    """Initial value of the state-independent log standard deviation."""
+    activation: str = "relu"
+    """Hidden activation: `relu` or `tanh`."""
+    load_balance_coef: float = 0.0
+    """Weight of the auxiliary load-balancing loss (Switch-Transformer form); 0 disables it."""
+    dispatch: str = "dense"
+    """How Top-K experts are evaluated: `dense` (all experts, masked; the official way)."""
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyperparameters. Defaults are the official HumanoidBench settings (SPEC §5)."""
+
+    num_envs: int = 128
+    """Parallel environments per rollout."""
+    n_steps: int = 16
+    """Steps per environment per rollout (batch = num_envs * n_steps)."""
+    minibatch_size: int = 64
+    """Samples per gradient step."""
+    n_epochs: int = 10
+    """Passes over the rollout batch per update phase."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """PPO ratio clip epsilon."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 0.5
+    """Value-loss coefficient."""
+    max_grad_norm: float = 0.5
+    """Global gradient-norm clip, applied to actor and critic separately (as in SBX)."""
+    lr: float = 3e-4
+    """Initial learning rate."""
+    lr_final: float = 1e-4
+    """Learning rate at the end of each task (linear schedule, restarted per task)."""
+    adam_eps: float = 1e-5
+    """Adam epsilon."""
+    target_kl: float | None = 0.03
+    """Early stopping: an update phase stops at the first minibatch whose approximate KL
+    exceeds 1.5 * target_kl (SB3/SBX semantics). None disables it."""
+    normalize_obs: bool = True
+    """Running mean/variance observation normalisation (state of the agent, carried across tasks)."""
+    obs_clip: float = 10.0
+    """Normalised observations are clipped to [-obs_clip, obs_clip]."""
+    normalize_advantage: bool = True
+    """Standardise advantages per minibatch."""
+
+
+@dataclass(frozen=True)
+class RegConfig:
+    """Regulariser added to the PPO loss (SPEC §3). `name` is a key of the regulariser registry."""
+
+    name: str = "none"
+    """`none` or a registered regulariser, e.g. `sphere`."""
+    mode: str = "loss"
+    """How the penalty is weighted: `loss` (lambda = coef * |L_pi + c_ent L_ent| / L_reg),
+    `grad` (gradient scaled to coef * |grad L_base| / |grad L_reg|) or `fixed` (lambda = coef)."""
+    coef: float = 0.05
+    """Ratio for `loss`/`grad` modes, lambda for `fixed`. Official: 0.05 (loss), 0.001 (grad)."""
+    placement: str = "last"
+    """SPHERE: `last` hidden expert layer (paper default) or `all` hidden expert layers (summed)."""
+    form: str = "concat"
+    """SPHERE: `concat` (Gram of concatenated routing-weighted features) or `per_expert` (sum over experts)."""
+    routing_weight: float = 0.0
+    """SPHERE: weight of the same penalty on the routing probabilities P (T x E), added to the penalty."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Protocol, budget, evaluation, logging and output of a run."""
+
+    protocol: str = "crl"
+    """`crl`: one agent through the task sequence; `rl`: every task from scratch."""
+    tasks: str = "arm6"
+    """A named task sequence (see `sphere envs`) or a comma-separated list of env ids."""
+    steps_per_task: int = 10_000_000
+    """Environment steps per task."""
+    reset_optimizer: bool = False
+    """CRL: reset the Adam state at every task boundary (weights and normaliser always carry over)."""
+    eval_every: int = 100_000
+    """Evaluate every this many env steps (and at the end of each task)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, deterministic policy (action mean)."""
+    eval_all_tasks: bool = True
+    """CRL: evaluate every task seen so far, not only the current one (needed for forgetting)."""
+    log_every: int = 20_000
+    """Write a training-metrics row every this many env steps."""
+    checkpoint_every: int = 200_000
+    """Write a checkpoint every this many env steps (and at every task end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept on disk (older ones are pruned)."""
+    out_dir: str = "runs"
+    """Parent directory of run directories."""
+    name: str = ""
+    """Run directory name; empty: generated from time and config hash."""
+    tensorboard: bool = True
+    """Mirror metrics to TensorBoard event files under the run's tb/ folder."""
+    wandb: bool = False
+    """Mirror metrics to Weights & Biases (needs `wandb` installed)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run."""
+
+    seed: int = 0
+    net: NetConfig = field(default_factory=NetConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    reg: RegConfig = field(default_factory=RegConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # -- derived quantities -------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.ppo.num_envs * self.ppo.n_steps
+
+    @property
+    def n_minibatches(self) -> int:
+        return self.batch_size // self.ppo.minibatch_size
+
+    @property
+    def iterations_per_task(self) -> int:
+        """Rollout + update iterations per task (the step budget rounded up to whole rollouts)."""
+        return -(-self.run.steps_per_task // self.batch_size)
+
+    # -- (de)serialisation -------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, prefix="")
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def override(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """Apply dotted overrides, e.g. `["ppo.lr=1e-3", "net.actor=mlp", "seed=3"]`."""
+        data = self.to_dict()
+        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        for key, value in items:
+            _set_dotted(data, key, value)
+        return Config.from_dict(data)
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the first bad field; return self when valid."""
+        _validate(self)
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# building from dicts with type coercion
+# ---------------------------------------------------------------------------------------
+
+def _split_override(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], dict):
+            raise ConfigError(f"unknown config section {'.'.join(parts[: i + 1])!r} in override {key!r}")
+        node = node[part]
+    if parts[-1] not in node:
+        known = ", ".join(sorted(node))
+        raise ConfigError(f"unknown config field {key!r}; fields here: {known}")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown config field {prefix + sorted(unknown)[0]!r}; fields here: {', '.join(sorted(names))}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        kwargs[f.name] = _coerce(hints[f.name], data[f.name], prefix + f.name)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, name: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return _build(tp, value, name + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, name)
+    if origin is tuple:
+        (elem, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return tuple(_coerce(elem, v, name) for v in value)
+    try:
+        if tp is bool:
+            if isinstance(value, str):
+                low = value.lower()
+                if low in ("true", "1", "yes", "on"):
+                    return True
+                if low in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError
+            if isinstance(value, (bool, int)):
+                return bool(value)
+            raise ValueError
+        if tp is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                value = float(value.replace("_", "")) if any(c in value for c in ".eE") else int(value.replace("_", ""))
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if tp is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if tp is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r}") from None
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
+
+def _check(cond: bool, name: str, message: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name} {message}, got {value!r}")
+
+
+def _validate(cfg: Config) -> None:
+    from sphere_rl import envs, nets, regularizers  # registries; imported lazily to avoid cycles
+
+    n, p, r, run = cfg.net, cfg.ppo, cfg.reg, cfg.run
+    _check(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+
+    _check(n.actor in nets.ACTORS, "net.actor", f"must be one of {sorted(nets.ACTORS)}", n.actor)
+    _check(n.critic in nets.CRITICS, "net.critic", f"must be one of {sorted(nets.CRITICS)}", n.critic)
+    for fname in ("hidden_sizes", "gate_hidden_sizes", "critic_hidden_sizes"):
+        sizes = getattr(n, fname)
+        _check(len(sizes) >= 1 and all(s > 0 for s in sizes), f"net.{fname}", "must be a non-empty list of positive ints", sizes)
+    _check(n.n_experts >= 1, "net.n_experts", "must be >= 1", n.n_experts)
+    _check(1 <= n.top_k, "net.top_k", "must be >= 1", n.top_k)
+    _check(n.top_k <= n.n_experts, "net.top_k", f"must be <= net.n_experts ({n.n_experts})", n.top_k)
+    _check(n.n_shared >= 1, "net.n_shared", "must be >= 1", n.n_shared)
+    _check(n.gate_temperature > 0, "net.gate_temperature", "must be > 0", n.gate_temperature)
+    _check(n.activation in ("relu", "tanh"), "net.activation", "must be 'relu' or 'tanh'", n.activation)
+    _check(n.load_balance_coef >= 0, "net.load_balance_coef", "must be >= 0", n.load_balance_coef)
+    _check(n.dispatch in nets.DISPATCH_MODES, "net.dispatch", f"must be one of {sorted(nets.DISPATCH_MODES)}", n.dispatch)
+
+    for fname in ("num_envs", "n_steps", "minibatch_size", "n_epochs"):
+        _check(getattr(p, fname) >= 1, f"ppo.{fname}", "must be >= 1", getattr(p, fname))
+    _check(p.minibatch_size <= cfg.batch_size, "ppo.minibatch_size",
+           f"must be <= num_envs * n_steps ({cfg.batch_size})", p.minibatch_size)
+    _check(cfg.batch_size % p.minibatch_size == 0, "ppo.minibatch_size",
+           f"must divide num_envs * n_steps ({cfg.batch_size})", p.minibatch_size)
+    for fname in ("gamma", "gae_lambda"):
+        _check(0.0 <= getattr(p, fname) <= 1.0, f"ppo.{fname}", "must be in [0, 1]", getattr(p, fname))
+    _check(p.clip_range > 0, "ppo.clip_range", "must be > 0", p.clip_range)
+    for fname in ("ent_coef", "vf_coef"):
+        _check(getattr(p, fname) >= 0, f"ppo.{fname}", "must be >= 0", getattr(p, fname))
+    _check(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0", p.max_grad_norm)
+    _check(p.lr > 0, "ppo.lr", "must be > 0", p.lr)
+    _check(p.lr_final >= 0, "ppo.lr_final", "must be >= 0", p.lr_final)
+    _check(p.adam_eps > 0, "ppo.adam_eps", "must be > 0", p.adam_eps)
+    _check(p.target_kl is None or p.target_kl > 0, "ppo.target_kl", "must be > 0 or none", p.target_kl)
+    _check(p.obs_clip > 0, "ppo.obs_clip", "must be > 0", p.obs_clip)
+
+    _check(r.name in regularizers.REGULARIZERS, "reg.name", f"must be one of {sorted(regularizers.REGULARIZERS)}", r.name)
+    _check(r.mode in ("loss", "grad", "fixed"), "reg.mode", "must be 'loss', 'grad' or 'fixed'", r.mode)
+    _check(r.coef >= 0, "reg.coef", "must be >= 0", r.coef)
+    _check(r.placement in ("last", "all"), "reg.placement", "must be 'last' or 'all'", r.placement)
+    _check(r.form in ("concat", "per_expert"), "reg.form", "must be 'concat' or 'per_expert'", r.form)
+    _check(r.routing_weight >= 0, "reg.routing_weight", "must be >= 0", r.routing_weight)
+
+    _check(run.protocol in ("rl", "crl"), "run.protocol", "must be 'rl' or 'crl'", run.protocol)
+    try:
+        envs.resolve_sequence(run.tasks)
+    except ValueError as err:
+        raise ConfigError(f"run.tasks: {err}") from None
+    _check(run.steps_per_task >= cfg.batch_size, "run.steps_per_task",
+           f"must be >= one rollout (num_envs * n_steps = {cfg.batch_size})", run.steps_per_task)
+    for fname in ("eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
+        _check(getattr(run, fname) >= 1, f"run.{fname}", "must be >= 1", getattr(run, fname))
+
+
+# ---------------------------------------------------------------------------------------
+# presets
+# ---------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def register_preset(name: str, overrides: dict[str, Any], description: str) -> None:
+    """Register a named preset: dotted overrides applied on top of the library defaults."""
+    PRESETS[name] = {"overrides": dict(overrides), "description": description}
+
+
+def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Build a validated Config from a named preset plus optional dotted overrides."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
+    cfg = Config().override(PRESETS[name]["overrides"])
+    if overrides:
+        cfg = cfg.override(overrides)
+    return cfg.validate()
+
+
+def load(path: str) -> Config:
+    """Load a Config from a JSON file (e.g. a run directory's config.json)."""
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path!r} is not valid JSON: {err}") from None
+    return Config.from_dict(data)
+
+
+register_preset("default", {}, "Library defaults: official HumanoidBench PPO + Top-K MoE (E=10, k=2, 3x256) on arm6 CRL.")

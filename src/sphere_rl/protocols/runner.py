@@ -1,0 +1,286 @@
+"""Drives a whole run: the RL or CRL protocol over a task sequence, with logging, evaluation,
+checkpoints and exact resume.
+
+RL: every task trains a freshly initialised agent (same initial weights for every task).
+CRL: one agent goes through the sequence; weights, normaliser (and optimiser state unless
+`run.reset_optimizer`) carry over from task to task. Both protocols use the same per-task random
+streams, so task 0 of an RL run and of a CRL run with the same seed are identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from sphere_rl import envs
+from sphere_rl.algo.gym_loop import GymLoop
+from sphere_rl.algo.jax_loop import JaxLoop
+from sphere_rl.algo.ppo import PPO
+from sphere_rl.config import Config
+from sphere_rl.diagnostics.spectral import proxy_effective_rank
+from sphere_rl.runs import RunDir
+from sphere_rl.runs.checkpoint import read_checkpoint_meta
+
+# Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
+_INIT, _TASK, _EVAL = 0, 1, 2
+EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
+PROBE_STEPS = 4  # probe states for the proxy r_e(A): PROBE_STEPS x num_envs policy states
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run reports (also written to the run directory's summary.json)."""
+
+    run_dir: str | None
+    protocol: str
+    tasks: list[str]
+    final_success: list[float]
+    final_return: list[float]
+    proxy_rank: list[float]
+    success_matrix: list[list[float | None]]
+    """success_matrix[i][j]: success on task j evaluated at the end of task i (CRL; None if not seen)."""
+    env_steps: int
+    wall_time_s: float
+
+    @property
+    def average_success(self) -> float:
+        return float(np.mean(self.final_success)) if self.final_success else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["average_success"] = self.average_success
+        return data
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return after // every > before // every
+
+
+class Runner:
+    """Runs one configuration. `run()` starts or resumes; numbers are identical either way."""
+
+    def __init__(self, cfg: Config, run_dir: RunDir | None = None, *, progress: bool | None = None):
+        self.cfg = cfg.validate()
+        self.run_dir = run_dir
+        self.progress = cfg.run.progress if progress is None else progress
+        self.tasks = list(envs.resolve_sequence(cfg.run.tasks))
+        self._loops: dict[str, tuple[Any, Any]] = {}
+        spaces = {self._space_of(t) for t in self.tasks}
+        if len(spaces) != 1:
+            raise ValueError(f"run.tasks: all tasks of a run need the same observation and action sizes, got {sorted(spaces)}")
+        self.obs_dim, self.action_dim = spaces.pop()
+        self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
+        self.base_key = jax.random.PRNGKey(cfg.seed)
+
+    # ------------------------------------------------------------------ envs and loops
+    def _space_of(self, task: str) -> tuple[int, int]:
+        if envs.is_jax_native(task):
+            env, _ = envs.make_functional(task)
+            return env.obs_dim, env.action_dim
+        probe = envs.make(task, num_envs=1, seed=0)
+        try:
+            return int(np.prod(probe.single_observation_space.shape)), int(np.prod(probe.single_action_space.shape))
+        finally:
+            probe.close()
+
+    def loop_for(self, task: str) -> tuple[Any, Any]:
+        """(loop, env_params) for a task; JAX-native tasks of one family share one compiled loop."""
+        if task not in self._loops:
+            if envs.is_jax_native(task):
+                env, params = envs.make_functional(task)
+                shared = next((lp for lp, _ in self._loops.values() if isinstance(lp, JaxLoop) and lp.env is env), None)
+                self._loops[task] = (shared or JaxLoop(self.ppo, env), params)
+            else:
+                self._loops[task] = (GymLoop(self.ppo, lambda n, seed, t=task: envs.make(t, num_envs=n, seed=seed)), None)
+        return self._loops[task]
+
+    def _task_key(self, task_index: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(self.base_key, _TASK), task_index)
+
+    def _eval_key(self, task_index: int) -> jax.Array:
+        return jax.random.fold_in(jax.random.fold_in(self.base_key, _EVAL), task_index)
+
+    def _start_task(self, agent: Any, task_index: int) -> tuple[Any, Any]:
+        """Agent and rollout carry at the start of a task, following the protocol."""
+        if agent is None or self.cfg.run.protocol == "rl":
+            agent = self.ppo.init(jax.random.fold_in(self.base_key, _INIT))
+        elif self.cfg.run.reset_optimizer:
+            agent = self.ppo.reset_optimizer(agent)
+        loop, params = self.loop_for(self.tasks[task_index])
+        return loop.start(agent, self._task_key(task_index), params)
+
+    # ------------------------------------------------------------------ evaluation and diagnostics
+    def evaluate(self, agent: Any, task_index: int) -> dict[str, float]:
+        loop, params = self.loop_for(self.tasks[task_index])
+        out = jax.device_get(loop.evaluate(agent, params, self._eval_key(task_index)))
+        return {"return": float(out["return"]), "success": float(out["success"])}
+
+    def proxy_rank(self, agent: Any, carry: Any, task_index: int) -> float:
+        """r_e(A) of the routing-weighted last-layer features on states of the current policy."""
+        loop, params = self.loop_for(self.tasks[task_index])
+        if isinstance(loop, JaxLoop):
+            probe = loop.probe_states(agent, carry, params, PROBE_STEPS)
+        else:
+            probe = self.ppo.normalize_obs(agent, carry.raw_obs)
+        features = self.ppo.actor.apply(agent.params["actor"], probe).features
+        return float(proxy_effective_rank(features))
+
+    # ------------------------------------------------------------------ the run
+    def _checkpoint_target(self, task_index: int) -> dict[str, Any]:
+        agent, carry = self._start_task(None, task_index)
+        return {"agent": agent, "carry": carry}
+
+    def run(self, resume: bool = False) -> RunResult:
+        cfg, batch = self.cfg, self.cfg.batch_size
+        iterations = cfg.iterations_per_task
+        total_steps = iterations * batch * len(self.tasks)
+        state: dict[str, Any] = {
+            "task_index": 0, "iteration": 0, "env_step": 0, "window": {}, "wall_time": 0.0,
+            "final": [], "matrix": [], "proxy": [],
+        }
+        agent = carry = None
+        logger = None
+        if self.run_dir is not None:
+            logger = self.run_dir.logger(tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb)
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume needs a run directory")
+            state, agent, carry = self._restore()
+            logger.truncate_after(step_col="env_step", step=state["env_step"])
+
+        t_start = time.perf_counter() - state["wall_time"]
+        bar = tqdm(total=total_steps, initial=state["env_step"], unit="step", unit_scale=True,
+                   disable=not self.progress, dynamic_ncols=True)
+        window_clock = time.perf_counter()
+        try:
+            while state["task_index"] < len(self.tasks):
+                t = state["task_index"]
+                task = self.tasks[t]
+                loop, params = self.loop_for(task)
+                if state["iteration"] == 0 or carry is None:
+                    agent, carry = self._start_task(agent, t)
+                bar.set_description(f"task {t + 1}/{len(self.tasks)} {task}")
+                while state["task_index"] == t:
+                    it = state["iteration"]
+                    lr = jnp.asarray(self.ppo.learning_rate(it / iterations), jnp.float32)
+                    agent, carry, metrics = loop.iteration(agent, carry, params, lr)
+                    metrics = jax.device_get(metrics)
+                    before, after = it * batch, (it + 1) * batch
+                    state["iteration"] = it + 1
+                    state["env_step"] += batch
+                    _accumulate(state["window"], metrics)
+                    bar.update(batch)
+                    last = state["iteration"] == iterations
+                    if _crossed(before, after, cfg.run.log_every) or last:
+                        now = time.perf_counter()
+                        row = _train_row(state, task, t, batch, now - window_clock, now - t_start)
+                        bar.set_postfix(sps=f"{row['steps_per_s']:.0f}", ret=f"{row['episode_return']:.1f}",
+                                        succ=f"{row['success']:.2f}")
+                        if logger:
+                            logger.log("train", row)
+                        state["window"] = {}
+                        window_clock = now
+                    if _crossed(before, after, cfg.run.eval_every) or last:
+                        self._evaluate_seen(agent, t, state, logger, task_end=last)
+                    if last:
+                        state["proxy"].append(self.proxy_rank(agent, carry, t))
+                        state["task_index"], state["iteration"] = t + 1, 0
+                    if self.run_dir is not None and (_crossed(before, after, cfg.run.checkpoint_every) or last):
+                        state["wall_time"] = time.perf_counter() - t_start
+                        self.run_dir.checkpoints.save(state["env_step"], {"agent": agent, "carry": carry}, meta=state)
+        finally:
+            bar.close()
+            if logger:
+                logger.close()
+
+        result = RunResult(
+            run_dir=str(self.run_dir.root) if self.run_dir is not None else None,
+            protocol=cfg.run.protocol,
+            tasks=self.tasks,
+            final_success=[f["success"] for f in state["final"]],
+            final_return=[f["return"] for f in state["final"]],
+            proxy_rank=state["proxy"],
+            success_matrix=state["matrix"],
+            env_steps=state["env_step"],
+            wall_time_s=time.perf_counter() - t_start,
+        )
+        if self.run_dir is not None:
+            self.run_dir.mark_complete(result.to_dict())
+        return result
+
+    def _evaluate_seen(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
+        seen = range(t + 1) if (self.cfg.run.protocol == "crl" and self.cfg.run.eval_all_tasks) else [t]
+        row_at_end: list[float | None] = [None] * len(self.tasks)
+        for j in seen:
+            result = self.evaluate(agent, j)
+            if logger:
+                logger.log("eval", {
+                    "env_step": state["env_step"], "task_index": t, "task": self.tasks[t],
+                    "task_step": state["iteration"] * self.cfg.batch_size,
+                    "eval_task_index": j, "eval_task": self.tasks[j], **result,
+                })
+            row_at_end[j] = result["success"]
+            if task_end and j == t:
+                state["final"].append(result)
+        if task_end:
+            state["matrix"].append(row_at_end)
+
+    def _newest_task_index(self) -> int:
+        """Task index recorded in the newest readable checkpoint header (it fixes the restore target)."""
+        manager = self.run_dir.checkpoints
+        for step in reversed(manager.all_steps()):
+            try:
+                meta = read_checkpoint_meta(manager.path_for(step))
+            except Exception:  # corrupt header: restore_latest reports it and falls back
+                continue
+            return min(int(meta["task_index"]), len(self.tasks) - 1)
+        return 0
+
+    def _restore(self) -> tuple[dict[str, Any], Any, Any]:
+        manager = self.run_dir.checkpoints
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"no checkpoint in {self.run_dir.root}; nothing to resume")
+        tree, meta, _ = manager.restore_latest(self._checkpoint_target(self._newest_task_index()))
+        state = dict(meta)
+        agent, carry = tree["agent"], tree["carry"]
+        if state["task_index"] < len(self.tasks) and state["iteration"] == 0:
+            carry = None  # a task boundary: the next task starts fresh from the agent
+        elif not envs.is_jax_native(self.tasks[state["task_index"]]):
+            loop, params = self.loop_for(self.tasks[state["task_index"]])
+            agent, carry = loop.start(agent, carry.key, params)  # host envs cannot be restored
+        return state, agent, carry
+
+
+def _accumulate(window: dict[str, float], metrics: dict[str, Any]) -> None:
+    window["iterations"] = window.get("iterations", 0) + 1
+    for k, v in metrics.items():
+        window[k] = window.get(k, 0.0) + float(v)
+
+
+def _train_row(state: dict[str, Any], task: str, t: int, batch: int, window_seconds: float, total_seconds: float) -> dict[str, Any]:
+    w = state["window"]
+    n_iter = max(w.get("iterations", 1), 1)
+    episodes = w.get("episodes", 0.0)
+    row: dict[str, Any] = {
+        "env_step": state["env_step"],
+        "task_index": t,
+        "task": task,
+        "task_step": state["iteration"] * batch,
+        "episodes": episodes,
+        "episode_return": w.get("episode_return_sum", 0.0) / episodes if episodes else float("nan"),
+        "episode_length": w.get("episode_length_sum", 0.0) / episodes if episodes else float("nan"),
+        "success": w.get("episode_success_sum", 0.0) / episodes if episodes else float("nan"),
+    }
+    for k, v in w.items():
+        if k not in EPISODE_KEYS and k != "iterations":
+            row[k] = v / n_iter
+    # Timing columns are the only ones that differ between identical runs.
+    row["steps_per_s"] = 0.0 if window_seconds <= 0 else n_iter * batch / window_seconds
+    row["wall_time_s"] = total_seconds
+    return row
