@@ -52,7 +52,7 @@ def _make_optimizer(learning_rate: float, max_grad_norm: float, eps: float) -> o
 
 
 def _global_norm(tree: Any) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 class PPO:
