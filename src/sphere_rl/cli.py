@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from sphere_rl.config import PRESETS, Config, ConfigError, load, preset
 
@@ -154,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from sphere_rl.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()
     try:
         return args.func(args)
     except ConfigError as err:
