@@ -388,3 +388,21 @@ def load(path: str) -> Config:
 
 
 register_preset("default", {}, "Library defaults: official HumanoidBench PPO + Top-K MoE (E=10, k=2, 3x256) on arm6 CRL.")
+
+_DEMO_NET = {
+    "net.n_experts": 4, "net.top_k": 2, "net.hidden_sizes": [64, 64], "net.gate_hidden_sizes": [64],
+    "net.critic_hidden_sizes": [64, 64],
+}
+_DEMO_PPO = {"ppo.num_envs": 64, "ppo.n_steps": 32, "ppo.minibatch_size": 512, "ppo.n_epochs": 4}
+register_preset(
+    "demo",
+    {**_DEMO_NET, **_DEMO_PPO, "run.tasks": "arm6", "run.steps_per_task": 400_000, "run.eval_every": 50_000,
+     "run.log_every": 20_000, "run.checkpoint_every": 100_000, "run.eval_episodes": 32},
+    "Built-in demo: CRL on arm6 with a small Top-K MoE (E=4, k=2, 2x64), 400k steps per task (minutes on 2 CPU cores).",
+)
+register_preset(
+    "demo-quick",
+    {**_DEMO_NET, **_DEMO_PPO, "run.tasks": "arm2", "run.steps_per_task": 40_960, "run.eval_every": 20_480,
+     "run.log_every": 10_240, "run.checkpoint_every": 20_480, "run.eval_episodes": 16},
+    "Smoke-test budget of the demo (2 tasks, 40k steps each): checks the pipeline, learns little.",
+)

@@ -155,7 +155,7 @@ class Runner:
             logger.truncate_after(step_col="env_step", step=state["env_step"])
 
         t_start = time.perf_counter() - state["wall_time"]
-        bar = tqdm(total=total_steps, initial=state["env_step"], unit="step", unit_scale=True,
+        bar = tqdm(total=total_steps, initial=state["env_step"], unit="step", unit_scale=True, mininterval=2.0,
                    disable=not self.progress, dynamic_ncols=True)
         window_clock = time.perf_counter()
         try:

@@ -1,0 +1,140 @@
+"""`sphere bench`: update-phase time with and without SPHERE, and training throughput on the built-in suite.
+
+Measurements are interleaved (baseline, SPHERE, baseline, ...) because timings on a shared CPU
+drift within minutes; the median over repetitions is reported. Results go to a JSON file with
+machine information, plus a Markdown table beside it that docs/benchmarks.md quotes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sphere_rl import __version__
+from sphere_rl.algo.ppo import PPO, Batch
+from sphere_rl.config import Config, preset
+from sphere_rl.protocols.runner import Runner
+from sphere_rl.runs.atomic import atomic_write_json, atomic_write_text
+
+H1_OBS, H1_ACT = 51, 19  # HumanoidBench H1 sizes, the paper's setting for the overhead table
+
+
+def machine_info() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "sphere_rl": __version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _random_batch(cfg: Config, obs_dim: int, act_dim: int, seed: int = 0) -> Batch:
+    rng = np.random.default_rng(seed)
+    n = cfg.batch_size
+    arr = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+    return Batch(arr(n, obs_dim), arr(n, act_dim), arr(n) - 20.0, arr(n), arr(n))
+
+
+def _update_phase_timer(cfg: Config) -> Callable[[], float]:
+    """A function that runs one full update phase and returns its wall time (after a warm-up compile)."""
+    ppo = PPO(cfg, H1_OBS, H1_ACT)
+    state = ppo.init(jax.random.PRNGKey(0))
+    batch = _random_batch(cfg, H1_OBS, H1_ACT)
+    lr = jnp.float32(cfg.ppo.lr)
+    jax.block_until_ready(ppo.update_phase(state, batch, jax.random.PRNGKey(1), lr))
+
+    def once() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(ppo.update_phase(state, batch, jax.random.PRNGKey(2), lr))
+        return time.perf_counter() - start
+
+    return once
+
+
+def bench_sphere_overhead(experts: tuple[int, ...], repeats: int, n_epochs: int) -> list[dict[str, Any]]:
+    """Paper-size Top-K MoE (k=2, 3x256 experts and gate), 2048 samples, minibatch 64, H1 obs/action sizes."""
+    rows = []
+    for e in experts:
+        common = [f"net.n_experts={e}", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]
+        timers = {
+            "topk_moe": _update_phase_timer(Config().override(common).validate()),
+            "topk_moe+sphere": _update_phase_timer(Config().override([*common, "reg.name=sphere"]).validate()),
+        }
+        times: dict[str, list[float]] = {k: [] for k in timers}
+        for _ in range(repeats):
+            for name, timer in timers.items():
+                times[name].append(timer())
+        base, reg = statistics.median(times["topk_moe"]), statistics.median(times["topk_moe+sphere"])
+        row = {
+            "n_experts": e, "n_epochs": n_epochs, "minibatch_steps": n_epochs * 2048 // 64,
+            "baseline_s": base, "sphere_s": reg, "overhead_pct": 100.0 * (reg - base) / base,
+            "baseline_all_s": times["topk_moe"], "sphere_all_s": times["topk_moe+sphere"],
+        }
+        print(f"E={e:>3}: update phase Top-K MoE {base:.2f} s, + SPHERE {reg:.2f} s ({row['overhead_pct']:+.1f} %)", flush=True)
+        rows.append(row)
+    return rows
+
+
+def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, Any]:
+    """Env steps per second of the fused loop (rollout + GAE + update) on the first task of a preset."""
+    cfg = preset(preset_name, ["run.progress=false"])
+    out = {}
+    for label, extra in (("topk_moe", []), ("topk_moe+sphere", ["reg.name=sphere"])):
+        c = cfg.override(extra).validate()
+        runner = Runner(c, None, progress=False)
+        loop, params = runner.loop_for(runner.tasks[0])
+        agent, carry = runner._start_task(None, 0)
+        lr = jnp.float32(c.ppo.lr)
+        agent, carry, m = loop.iteration(agent, carry, params, lr)  # compile
+        jax.block_until_ready(m)
+        start = time.perf_counter()
+        for _ in range(iterations):
+            agent, carry, m = loop.iteration(agent, carry, params, lr)
+        jax.block_until_ready(m)
+        seconds = time.perf_counter() - start
+        out[label] = {"env_steps_per_s": iterations * c.batch_size / seconds, "seconds": seconds, "iterations": iterations,
+                      "batch_size": c.batch_size}
+        print(f"{preset_name} {label}: {out[label]['env_steps_per_s']:,.0f} env steps/s (rollout + update)", flush=True)
+    return out
+
+
+def bench_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['devices']}, jax {m['jax']}; {m['time']}.", ""]
+    lines += ["| E | update phase Top-K MoE (s) | + SPHERE (s) | overhead |", "|---|---|---|---|"]
+    for r in results["sphere_overhead"]:
+        lines.append(f"| {r['n_experts']} | {r['baseline_s']:.2f} | {r['sphere_s']:.2f} | {r['overhead_pct']:+.1f} % |")
+    if results["sphere_overhead"]:
+        r0 = results["sphere_overhead"][0]
+        lines.append(f"\n(2048 samples, minibatch 64, {r0['n_epochs']} epoch(s) = {r0['minibatch_steps']} minibatch steps; "
+                     "experts 3x256, k=2, obs 51, action 19; median of interleaved repeats.)")
+    lines += ["", "| training throughput | env steps/s |", "|---|---|"]
+    for preset_name, variants in results["throughput"].items():
+        for label, v in variants.items():
+            lines.append(f"| {preset_name}, {label} | {v['env_steps_per_s']:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tuple[int, ...] = (10, 20, 40)) -> dict[str, Any]:
+    results = {"machine": machine_info(), "quick": quick}
+    print(f"sphere bench on {results['machine']['processor']} ({results['machine']['cpu_count']} CPUs)")
+    results["throughput"] = {"demo": bench_training_throughput("demo", iterations=5 if quick else 40)}
+    results["sphere_overhead"] = bench_sphere_overhead(experts, repeats=2 if quick else 3, n_epochs=1 if quick else 10)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out_dir = Path(out)
+    atomic_write_json(out_dir / f"bench-{stamp}.json", results)
+    atomic_write_text(out_dir / f"bench-{stamp}.md", bench_markdown(results))
+    print(bench_markdown(results))
+    print(f"written to {out_dir / f'bench-{stamp}.json'}")
+    return results

@@ -1,0 +1,119 @@
+"""Building blocks shared by every network: activations, initialisers, dense and expert-stacked layers."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Initializer = Callable[..., jax.Array]
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "tanh": jnp.tanh}
+
+HIDDEN_GAIN = math.sqrt(2.0)
+"""Orthogonal gain of every hidden layer (experts, dense MLPs, gating MLP)."""
+POLICY_HEAD_GAIN = 0.01
+"""Orthogonal gain of action-mean heads: the initial policy mean is close to 0."""
+VALUE_HEAD_GAIN = 1.0
+"""Orthogonal gain of value heads."""
+GATE_HEAD_GAIN = 0.01
+"""Orthogonal gain of the router's logit layer: logits start near 0, so routing starts near uniform."""
+
+
+def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
+    """The hidden activation called `name` (`relu` or `tanh`)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def orthogonal(gain: float) -> Initializer:
+    """Orthogonal initialiser for one (in, out) kernel."""
+    return nn.initializers.orthogonal(scale=gain)
+
+
+def stacked_orthogonal(gain: float) -> Initializer:
+    """Initialiser for an (E, in, out) kernel: E independent orthogonal matrices, one key per expert.
+
+    (`nn.initializers.orthogonal` alone would flatten the leading axes into one big matrix, so
+    experts would not be independent draws.)
+    """
+    single = nn.initializers.orthogonal(scale=gain)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
+        n_stack, *matrix_shape = shape
+        keys = jax.random.split(key, n_stack)
+        return jax.vmap(lambda k: single(k, tuple(matrix_shape), dtype))(keys)
+
+    return init
+
+
+def dense(features: int, gain: float, name: str | None = None) -> nn.Dense:
+    """A Dense layer with orthogonal(gain) kernel and zero bias."""
+    return nn.Dense(features, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+
+
+class StackedDense(nn.Module):
+    """`n_stack` independent Dense layers evaluated at once in the (E, B, features) layout.
+
+    The input is either shared by all members, shape (B, in) (`'bi,eio->ebo'`), or one slice per
+    member, shape (E, B, in) (`'ebi,eio->ebo'`). Parameters: `kernel` (E, in, out), `bias` (E, out).
+    """
+
+    n_stack: int
+    features: int
+    gain: float
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_dim = x.shape[-1]
+        kernel = self.param("kernel", stacked_orthogonal(self.gain), (self.n_stack, in_dim, self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.n_stack, self.features))
+        if x.ndim == 2:
+            y = jnp.einsum("bi,eio->ebo", x, kernel)
+        else:
+            y = jnp.einsum("ebi,eio->ebo", x, kernel)
+        return y + bias[:, None, :]
+
+
+class MLPTrunk(nn.Module):
+    """Dense hidden layers; returns every post-activation output, each (B, H_l)."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
+        act = activation_fn(self.activation)
+        hidden = []
+        for i, width in enumerate(self.hidden_sizes):
+            x = act(dense(width, HIDDEN_GAIN, name=f"dense_{i}")(x))
+            hidden.append(x)
+        return tuple(hidden)
+
+
+class StackedMLP(nn.Module):
+    """`n_stack` independent MLPs (experts) with a linear head each, evaluated densely.
+
+    Returns `(hidden, out)`: hidden is a tuple with one (E, B, H_l) array per hidden layer
+    (post-activation), out is (E, B, out_dim).
+    """
+
+    n_stack: int
+    hidden_sizes: Sequence[int]
+    out_dim: int
+    head_gain: float
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+        act = activation_fn(self.activation)
+        hidden = []
+        for i, width in enumerate(self.hidden_sizes):
+            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, name=f"layer_{i}")(x))
+            hidden.append(x)
+        out = StackedDense(self.n_stack, self.out_dim, self.head_gain, name="head")(x)
+        return tuple(hidden), out

@@ -1,0 +1,130 @@
+"""SPHERE (SPEC §3): penalise the anisotropy of the routing-weighted expert-feature Gram A = Phi^T Phi / T.
+
+L(Phi) = ||A - (Tr A / D) I||_F^2 = ||A||_F^2 - (Tr A)^2 / D.
+
+Numerics (float32): the textbook form subtracts two large, nearly equal numbers when A is close to
+isotropic. We use algebraically identical forms that are sums of squares instead, so the value is
+non-negative by construction and free of that cancellation:
+- feature space (D <= T, O(T D^2)): sum of squares of A - (Tr A / D) I;
+- batch space (D > T, O(T^2 D)): with G = Phi Phi^T / T (same nonzero eigenvalues as A) and
+  m = Tr G / D, L = ||G - m I_T||_F^2 + (D - T) m^2 (the D - T zero eigenvalues of A each add m^2).
+  The formula is exact for any shape, but for D < T the last term is a subtraction, so forced
+  batch-space calls in that regime clip round-off below 0 (`sphere_loss` never takes that path).
+Gram products use HIGHEST matmul precision so accelerators do not drop to TF32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from sphere_rl.config import RegConfig
+from sphere_rl.diagnostics.spectral import (
+    phi_effective_rank_jnp,
+    routing_weighted_expert_features,
+    routing_weighted_features,
+)
+from sphere_rl.nets.outputs import ActorOutput, Features
+from sphere_rl.regularizers.base import Info, Regularizer
+
+PLACEMENTS = ("last", "all")
+FORMS = ("concat", "per_expert")
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def sphere_loss_feature_space(phi: jax.Array) -> jax.Array:
+    """L(Phi) through the D x D matrix A = Phi^T Phi / T."""
+    n_rows, n_cols = phi.shape
+    a = jnp.matmul(phi.T, phi, precision=_HIGHEST) / n_rows
+    mean_eigenvalue = jnp.trace(a) / n_cols
+    centred = a - mean_eigenvalue * jnp.eye(n_cols, dtype=a.dtype)
+    return jnp.sum(jnp.square(centred))
+
+
+def sphere_loss_batch_space(phi: jax.Array) -> jax.Array:
+    """L(Phi) through the T x T matrix G = Phi Phi^T / T (cheaper when D > T)."""
+    n_rows, n_cols = phi.shape
+    g = jnp.matmul(phi, phi.T, precision=_HIGHEST) / n_rows
+    mean_eigenvalue = jnp.trace(g) / n_cols
+    centred = g - mean_eigenvalue * jnp.eye(n_rows, dtype=g.dtype)
+    value = jnp.sum(jnp.square(centred)) + (n_cols - n_rows) * jnp.square(mean_eigenvalue)
+    return jnp.maximum(value, 0.0)  # only D < T (not the intended regime) subtracts; clip its round-off
+
+
+def sphere_loss(phi: jax.Array) -> jax.Array:
+    """L(Phi) for Phi (T, D), in feature space when D <= T, else in batch space (as the official code)."""
+    n_rows, n_cols = phi.shape
+    return sphere_loss_feature_space(phi) if n_cols <= n_rows else sphere_loss_batch_space(phi)
+
+
+def routing_loss(probs: jax.Array) -> jax.Array:
+    """Optional routing penalty on P (T, E): (||P^T P / T||_F^2 - Tr(P^T P / T)^2 / E) / E."""
+    return sphere_loss(probs) / probs.shape[-1]
+
+
+def layer_loss(features: Features, layer: int, form: str) -> jax.Array:
+    """SPHERE loss of one hidden layer: on the concatenated Phi, or summed over experts."""
+    if form == "concat":
+        return sphere_loss(routing_weighted_features(features, layer))
+    if form == "per_expert":
+        return jnp.sum(jax.vmap(sphere_loss)(routing_weighted_expert_features(features, layer)))
+    raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+
+
+def feature_loss(features: Features, placement: str = "last", form: str = "concat") -> jax.Array:
+    """SPHERE feature term: last hidden layer, or the sum over all hidden layers."""
+    if placement == "last":
+        return layer_loss(features, -1, form)
+    if placement == "all":
+        return sum(layer_loss(features, layer, form) for layer in range(len(features.hidden)))
+    raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
+
+
+@dataclass(frozen=True)
+class SphereRegularizer(Regularizer):
+    """The SPHERE penalty on an actor's routing-weighted expert features (unweighted).
+
+    penalty = feature_loss(placement, form) + routing_weight * routing_loss(P). Info scalars
+    (no gradient): `sphere_feature`, `sphere_routing` (0 without router probabilities) and
+    `proxy_erank` = r_e(A) of the last hidden layer on the minibatch (eigvalsh of the smaller
+    Gram, at most T x T; set `log_proxy_rank=False` to skip it for very large minibatches).
+    """
+
+    placement: str = "last"
+    form: str = "concat"
+    routing_weight: float = 0.0
+    log_proxy_rank: bool = True
+    name: str = "sphere"
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        if self.form not in FORMS:
+            raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.routing_weight < 0:
+            raise ValueError(f"routing_weight must be >= 0, got {self.routing_weight}")
+
+    def penalty(self, actor_out: ActorOutput, actor_params: Any, state: Any = None) -> tuple[jax.Array, Info]:
+        del actor_params, state
+        features = actor_out.features
+        features_term = feature_loss(features, self.placement, self.form)
+        has_router = features.probs is not None
+        routing_term = routing_loss(features.probs) if has_router else jnp.zeros((), features_term.dtype)
+        total = features_term
+        if self.routing_weight > 0 and has_router:
+            total = total + self.routing_weight * routing_term
+        info: Info = {
+            "sphere_feature": jax.lax.stop_gradient(features_term),
+            "sphere_routing": jax.lax.stop_gradient(routing_term),
+        }
+        if self.log_proxy_rank:
+            phi = jax.lax.stop_gradient(routing_weighted_features(features, -1))
+            info["proxy_erank"] = phi_effective_rank_jnp(phi)
+        return total, info
+
+
+def build(reg_cfg: RegConfig) -> SphereRegularizer:
+    return SphereRegularizer(placement=reg_cfg.placement, form=reg_cfg.form, routing_weight=reg_cfg.routing_weight)
