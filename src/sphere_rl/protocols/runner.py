@@ -147,7 +147,7 @@ class Runner:
         agent = carry = None
         logger = None
         if self.run_dir is not None:
-            logger = self.run_dir.logger(tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb)
+            logger = self.run_dir.logger(tensorboard=cfg.run.tensorboard, wandb=cfg.run.wandb, task_key="eval_task")
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume needs a run directory")
@@ -249,8 +249,8 @@ class Runner:
         tree, meta, _ = manager.restore_latest(self._checkpoint_target(self._newest_task_index()))
         state = dict(meta)
         agent, carry = tree["agent"], tree["carry"]
-        if state["task_index"] < len(self.tasks) and state["iteration"] == 0:
-            carry = None  # a task boundary: the next task starts fresh from the agent
+        if state["task_index"] >= len(self.tasks) or state["iteration"] == 0:
+            carry = None  # finished, or at a task boundary: the next task starts fresh from the agent
         elif not envs.is_jax_native(self.tasks[state["task_index"]]):
             loop, params = self.loop_for(self.tasks[state["task_index"]])
             agent, carry = loop.start(agent, carry.key, params)  # host envs cannot be restored

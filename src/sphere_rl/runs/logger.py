@@ -209,7 +209,7 @@ class MetricsLogger:
         scalars = {
             f"{prefix}/{k}": float(v)
             for k, v in values.items()
-            if k not in (self.step_key, self.task_key) and isinstance(v, (bool, int, float))
+            if k not in (self.step_key, self.task_key) and isinstance(v, (bool, int, float)) and math.isfinite(v)
         }
         if self._tensorboard and scalars:
             writer = self._writer()

@@ -1,0 +1,64 @@
+"""The `sphere` command line: listing, training a tiny run, eval, resume of a finished run, clear errors."""
+
+import json
+
+import pytest
+
+from sphere_rl.cli import main
+from sphere_rl.runs import RunDir
+
+TINY = ["net.n_experts=2", "net.hidden_sizes=8", "net.gate_hidden_sizes=8", "net.critic_hidden_sizes=8",
+        "ppo.num_envs=8", "ppo.n_steps=8", "ppo.minibatch_size=32", "ppo.n_epochs=1", "run.tasks=arm2",
+        "run.steps_per_task=128", "run.eval_every=64", "run.log_every=64", "run.checkpoint_every=64",
+        "run.eval_episodes=2", "run.progress=false", "run.tensorboard=true"]
+
+
+def test_envs_and_presets_list(capsys):
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    assert "arm/reach" in out and "arm6" in out and "gym:" in out
+    assert main(["presets"]) == 0
+    assert "demo" in capsys.readouterr().out
+
+
+def test_train_eval_and_resume_finished_run(tmp_path, capsys):
+    assert main(["train", "--preset", "demo-quick", *TINY, "--out-dir", str(tmp_path), "--name", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "average success" in out and "arm/permute" in out
+    run = RunDir.open(tmp_path / "cli")
+    assert run.is_complete
+    for name in ("config.json", "manifest.json", "metrics.csv", "eval.csv", "summary.json"):
+        assert run.path(name).exists(), name
+    assert list(run.path("tb").iterdir()), "TensorBoard events missing"
+    manifest = json.loads(run.path("manifest.json").read_text())
+    assert manifest["seed"] == 0 and "jax" in json.dumps(manifest)
+    summary = json.loads(run.path("summary.json").read_text())
+    assert len(summary["final_success"]) == 2
+
+    assert main(["eval", str(run.root), "--episodes", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "arm/reach" in out and "average success" in out
+    assert list(run.root.glob("eval_*.json"))
+
+    # resuming a finished run does nothing new and reports the same result
+    assert main(["train", "--resume", str(run.root)]) == 0
+    again = json.loads(run.path("summary.json").read_text())
+    assert again["final_success"] == summary["final_success"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", "net.top_k=99"], "net.top_k"),
+    (["train", "ppo.lr=-0.1"], "ppo.lr"),
+    (["train", "run.tasks=arm/nope"], "run.tasks"),
+    (["train", "--config", "/does/not/exist.json"], "does not exist"),
+    (["train", "--preset", "nope"], "unknown preset"),
+])
+def test_bad_input_gives_one_clear_error(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_resume_of_missing_directory(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
+    assert "run directory" in capsys.readouterr().err
