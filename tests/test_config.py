@@ -63,3 +63,15 @@ def test_missing_config_file_and_unknown_preset(tmp_path):
         load(str(tmp_path / "nope.json"))
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("no-such-preset")
+
+
+def test_every_field_is_documented():
+    import dataclasses
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "config.md").read_text()
+    cfg = Config()
+    for section in ("net", "ppo", "reg", "run"):
+        assert f"## {section}" in doc
+        for f in dataclasses.fields(getattr(cfg, section)):
+            assert f"| `{f.name}` |" in doc, f"{section}.{f.name} missing from docs/config.md"
