@@ -90,13 +90,13 @@ class SphereRegularizer(Regularizer):
     penalty = feature_loss(placement, form) + routing_weight * routing_loss(P). Info scalars
     (no gradient): `sphere_feature`, `sphere_routing` (0 without router probabilities) and
     `proxy_erank` = r_e(A) of the last hidden layer on the minibatch (eigvalsh of the smaller
-    Gram, at most T x T; set `log_proxy_rank=False` to skip it for very large minibatches).
+    Gram, at most T x T). Off by default: an eigendecomposition per minibatch step costs more than the penalty itself; the runner logs r_e(A) on probe states instead).
     """
 
     placement: str = "last"
     form: str = "concat"
     routing_weight: float = 0.0
-    log_proxy_rank: bool = True
+    log_proxy_rank: bool = False
     name: str = "sphere"
 
     def __post_init__(self) -> None:
