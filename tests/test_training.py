@@ -150,3 +150,18 @@ def test_update_phase_and_iteration_compile_once():
                         [(128, 5), (128, 2), (128,), (128,), (128,)]))
         state, _ = ppo.update_phase(state, batch, jax.random.PRNGKey(1), jnp.float32(lr))
     assert ppo.update_phase._cache_size() == 1
+
+
+def test_short_run_learns_the_easy_task(tmp_path):
+    cfg = Config().override([
+        "net.actor=mlp", "net.hidden_sizes=64,64", "net.critic_hidden_sizes=64,64", "ppo.num_envs=64",
+        "ppo.n_steps=32", "ppo.minibatch_size=512", "ppo.n_epochs=4", "run.protocol=rl", "run.tasks=arm/reach",
+        "run.steps_per_task=200_000", "run.eval_every=20_000", "run.eval_episodes=32", "run.progress=false",
+        "run.tensorboard=false",
+    ]).validate()
+    run_dir, result = _run(cfg, tmp_path, "learn")
+    evals = read_metrics(run_dir.path("eval.csv"))
+    first, last = evals[0], evals[-1]
+    # a random policy has return about -55 and success about 0 on arm/reach (see test_envs)
+    assert last["return"] > first["return"] + 20.0, (first, last)
+    assert result.final_success[0] >= 0.2, result.final_success
