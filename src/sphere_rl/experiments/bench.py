@@ -86,6 +86,15 @@ def bench_sphere_overhead(experts: tuple[int, ...], repeats: int, n_epochs: int)
     return rows
 
 
+def bench_dense_reference(repeats: int, n_epochs: int) -> dict[str, Any]:
+    """The same update phase for the dense 3x256 actor (official PPO), as a reference for the MoE cost."""
+    cfg = Config().override(["net.actor=mlp", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]).validate()
+    timer = _update_phase_timer(cfg)
+    seconds = statistics.median(timer() for _ in range(repeats))
+    print(f"dense 3x256 actor: update phase {seconds:.2f} s", flush=True)
+    return {"n_epochs": n_epochs, "seconds": seconds}
+
+
 def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, Any]:
     """Env steps per second of the fused loop (rollout + GAE + update) on the first task of a preset."""
     cfg = preset(preset_name, ["run.progress=false"])
@@ -117,6 +126,7 @@ def bench_markdown(results: dict[str, Any]) -> str:
         lines.append(f"| {r['n_experts']} | {r['baseline_s']:.2f} | {r['sphere_s']:.2f} | {r['overhead_pct']:+.1f} % |")
     if results["sphere_overhead"]:
         r0 = results["sphere_overhead"][0]
+        lines.append(f"| dense 3x256 (reference) | {results['dense_update']['seconds']:.2f} | | |")
         lines.append(f"\n(2048 samples, minibatch 64, {r0['n_epochs']} epoch(s) = {r0['minibatch_steps']} minibatch steps; "
                      "experts 3x256, k=2, obs 51, action 19; median of interleaved repeats.)")
     lines += ["", "| training throughput | env steps/s |", "|---|---|"]
@@ -130,7 +140,9 @@ def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tup
     results = {"machine": machine_info(), "quick": quick}
     print(f"sphere bench on {results['machine']['processor']} ({results['machine']['cpu_count']} CPUs)")
     results["throughput"] = {"demo": bench_training_throughput("demo", iterations=5 if quick else 40)}
-    results["sphere_overhead"] = bench_sphere_overhead(experts, repeats=2 if quick else 3, n_epochs=1 if quick else 10)
+    n_epochs = 1 if quick else 10
+    results["dense_update"] = bench_dense_reference(repeats=2 if quick else 3, n_epochs=n_epochs)
+    results["sphere_overhead"] = bench_sphere_overhead(experts, repeats=2 if quick else 3, n_epochs=n_epochs)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out)
     atomic_write_json(out_dir / f"bench-{stamp}.json", results)
