@@ -184,3 +184,15 @@ def test_gymnasium_env_trains_through_the_adapter(tmp_path):
     # same seed, same machine: identical numbers for host envs too (a fresh run, not a resume)
     again_dir, again = _run(cfg, tmp_path, "pendulum-again")
     _assert_same_rows(_rows(run_dir, "metrics"), _rows(again_dir, "metrics"))
+
+
+def test_report_table_and_plot_from_a_run(reference_run, tmp_path):
+    from sphere_rl.report.plots import plot_crl_comparison
+    from sphere_rl.report.tables import results_table
+
+    _, result = reference_run
+    table = results_table({"a": result, "b": result})
+    assert "arm/reach" in table and "arm/permute" in table and f"{result.average_success:>8.2f}" in table
+    png = plot_crl_comparison({"a": result, "b": result}, tmp_path / "fig" / "demo.png")
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

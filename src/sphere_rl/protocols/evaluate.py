@@ -19,7 +19,7 @@ def evaluate_run(path: str, step: int | None = None, episodes: int | None = None
     if episodes is not None:
         cfg = cfg.override({"run.eval_episodes": episodes})
     runner = Runner(cfg, run_dir, progress=False)
-    target = runner._checkpoint_target(runner._newest_task_index())
+    target = runner.checkpoint_target()
     if step is None:
         tree, meta, step = run_dir.checkpoints.restore_latest(target)
     else:

@@ -132,8 +132,9 @@ class Runner:
         return float(proxy_effective_rank(features))
 
     # ------------------------------------------------------------------ the run
-    def _checkpoint_target(self, task_index: int) -> dict[str, Any]:
-        agent, carry = self._start_task(None, task_index)
+    def checkpoint_target(self) -> dict[str, Any]:
+        """A pytree with the structure of this run's newest checkpoint, to restore into."""
+        agent, carry = self._start_task(None, self._newest_task_index())
         return {"agent": agent, "carry": carry}
 
     def run(self, resume: bool = False) -> RunResult:
@@ -246,7 +247,7 @@ class Runner:
         manager = self.run_dir.checkpoints
         if manager.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {self.run_dir.root}; nothing to resume")
-        tree, meta, _ = manager.restore_latest(self._checkpoint_target(self._newest_task_index()))
+        tree, meta, _ = manager.restore_latest(self.checkpoint_target())
         state = dict(meta)
         agent, carry = tree["agent"], tree["carry"]
         if state["task_index"] >= len(self.tasks) or state["iteration"] == 0:

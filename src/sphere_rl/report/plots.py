@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from sphere_rl.runs.atomic import atomic_write_bytes  # noqa: E402
 from sphere_rl.runs.logger import read_metrics  # noqa: E402
 
 
@@ -45,8 +47,7 @@ def plot_crl_comparison(results: dict[str, Any], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("Continual RL on the built-in arm suite")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buffer.getvalue())
