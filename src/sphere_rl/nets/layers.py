@@ -39,14 +39,16 @@ def stacked_orthogonal(gain: float) -> Initializer:
     """Initialiser for an (E, in, out) kernel: E independent orthogonal matrices, one key per expert.
 
     (`nn.initializers.orthogonal` alone would flatten the leading axes into one big matrix, so
-    experts would not be independent draws.)
+    experts would not be independent draws.) The experts are drawn in a Python loop of unbatched
+    QRs rather than with `jax.vmap`: on this jaxlib (0.10.2, CPU) a jitted init holding several
+    vmapped (batched) QRs deadlocked on a 2-core machine.
     """
     single = nn.initializers.orthogonal(scale=gain)
 
     def init(key: jax.Array, shape: Sequence[int], dtype: jnp.dtype = jnp.float32) -> jax.Array:
         n_stack, *matrix_shape = shape
         keys = jax.random.split(key, n_stack)
-        return jax.vmap(lambda k: single(k, tuple(matrix_shape), dtype))(keys)
+        return jnp.stack([single(keys[i], tuple(matrix_shape), dtype) for i in range(n_stack)])
 
     return init
 
