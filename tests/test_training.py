@@ -14,7 +14,7 @@ from sphere_rl.runs import RunDir
 from sphere_rl.runs.checkpoint import CorruptCheckpointWarning
 from sphere_rl.runs.logger import read_metrics
 
-TIMING = {"steps_per_s", "wall_time_s"}
+TIMING = {"steps_per_s", "wall_time_s", "ntk/seconds"}
 
 TINY = [
     "net.actor=topk_moe", "net.n_experts=3", "net.top_k=2", "net.hidden_sizes=16,16", "net.gate_hidden_sizes=16",
@@ -59,6 +59,7 @@ def test_two_runs_same_seed_identical(reference_run, tmp_path):
     run_dir, again = _run(tiny_config(), tmp_path, "again")
     _assert_same_rows(_rows(ref_dir, "metrics"), _rows(run_dir, "metrics"))
     _assert_same_rows(_rows(ref_dir, "eval"), _rows(run_dir, "eval"))
+    _assert_same_rows(_rows(ref_dir, "diagnostics"), _rows(run_dir, "diagnostics"))
     assert ref.final_success == again.final_success and ref.final_return == again.final_return
     assert len(ref.final_success) == 2 and len(ref.success_matrix) == 2
     assert ref.success_matrix[0][1] is None and ref.success_matrix[1][0] is not None
@@ -102,8 +103,9 @@ def test_kill_and_resume_gives_identical_numbers(reference_run, tmp_path, crash_
     resumed = Runner(cfg, RunDir.open(run_dir.root)).run(resume=True)
     _assert_same_rows(_rows(ref_dir, "metrics"), _rows(run_dir, "metrics"))
     _assert_same_rows(_rows(ref_dir, "eval"), _rows(run_dir, "eval"))
+    _assert_same_rows(_rows(ref_dir, "diagnostics"), _rows(run_dir, "diagnostics"))
     assert resumed.final_success == ref.final_success and resumed.final_return == ref.final_return
-    assert resumed.proxy_rank == ref.proxy_rank
+    assert resumed.proxy_rank == ref.proxy_rank and resumed.ntk_rank == ref.ntk_rank
 
 
 def test_corrupt_newest_checkpoint_falls_back_and_still_matches(reference_run, tmp_path):

@@ -1,4 +1,4 @@
-"""The `sphere` command line: train, resume, eval, demo, envs, presets, bench."""
+"""The `sphere` command line: train, resume, eval, diagnose, demo, envs, presets, bench, plasticity."""
 
 from __future__ import annotations
 
@@ -59,6 +59,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    from sphere_rl.protocols.diagnose import diagnose_run
+
+    try:
+        report = diagnose_run(args.run_dir, step=args.checkpoint, task_index=args.task, probe=args.probe,
+                              n_states=args.n_states, ntk=not args.no_ntk, method=args.method,
+                              reduction=args.reduction, out=args.out)
+    except ValueError as err:  # bad --task / --n-states / probe shape: a usage error, not a crash
+        print(f"sphere diagnose: {err}", file=sys.stderr)
+        return 2
+    m = report["metrics"]
+    print(f"{report['task']} (task {report['task_index']}), checkpoint at env step {report['env_step']}, "
+          f"{report['n_states']} probe states from {report['probe']}")
+    if report["ntk_eigenvalues"] is not None:
+        top = ", ".join(f"{v:.4g}" for v in report["ntk_eigenvalues"][:3])
+        print(f"  r_e(K) {m['ntk/effective_rank']:8.2f}   top eigenvalues {top}   ({m['ntk/seconds']:.2f} s, {report['ntk_method']})")
+    top = ", ".join(f"{v:.4g}" for v in report["proxy_eigenvalues"][:3])
+    print(f"  r_e(A) {m['proxy/effective_rank']:8.2f}   top eigenvalues {top}")
+    for key in sorted(k for k in m if not k.startswith(("ntk/", "proxy/eig"))):
+        print(f"  {key:<34} {m[key]:.4g}")
+    print(f"written to {report['path']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sphere_rl.experiments.demo import run_demo
 
@@ -90,9 +114,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sphere_rl.experiments.bench import run_bench
+    from sphere_rl.experiments.bench import BENCH_SUITES, run_bench
 
-    run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts))
+    run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts), suites=tuple(args.suite or BENCH_SUITES))
     return 0
 
 
@@ -124,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=int, default=None, help="episodes per task (default: the run's eval_episodes)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("diagnose", help="r_e(K), r_e(A) and plasticity metrics of a run's checkpoint on a probe set")
+    p.add_argument("run_dir")
+    p.add_argument("--checkpoint", type=int, default=None, help="env step of the checkpoint (default: latest good)")
+    p.add_argument("--task", type=int, default=None, help="task index whose probe set to use (default: the checkpoint's task)")
+    p.add_argument("--probe", default=None, help="probe file: a run's probes/task_XX.npz or an .npy (N, obs_dim) array of raw states")
+    p.add_argument("--n-states", type=int, default=None, help="subsample the probe set to N states")
+    p.add_argument("--method", choices=["structured", "generic"], default=None, help="eNTK path (default: the run's diag.ntk_method)")
+    p.add_argument("--reduction", choices=["trace", "full"], default=None, help="eNTK reduction (default: the run's)")
+    p.add_argument("--no-ntk", action="store_true", help="skip r_e(K) (cheap metrics only)")
+    p.add_argument("--out", default=None, help="JSON report path (default: RUN_DIR/diagnose_<step>_task<t>.json)")
+    p.set_defaults(func=cmd_diagnose)
+
     p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -136,10 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list named config presets")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("bench", help="benchmarks: update-phase time, SPHERE overhead, training throughput")
+    p = sub.add_parser("bench", help="benchmarks: update-phase time, SPHERE overhead, training throughput, eNTK cost")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
+    p.add_argument("--suite", action="append", choices=["update", "ntk"],
+                   help="run only this suite (repeatable): update = update phase, SPHERE overhead, throughput; "
+                        "ntk = cost of r_e(K). Default: all")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")

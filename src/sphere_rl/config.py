@@ -147,6 +147,32 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class DiagConfig:
+    """Spectral-plasticity diagnostics logged during training (docs/metrics.md, diagnostics.csv)."""
+
+    enabled: bool = True
+    """Log diagnostics every `every` env steps and at the end of every task."""
+    every: int = 0
+    """Env steps between diagnostics; 0: at every evaluation (`run.eval_every`)."""
+    n_states: int = 512
+    """Probe states N per task, drawn once at the task's start and stored in the run directory."""
+    probe_steps: int = 32
+    """Policy steps on fresh envs of the task to draw the probe set from (num_envs x probe_steps states)."""
+    ntk: bool = True
+    """Compute r_e(K) (exact eNTK of the action mean) at every diagnostics step, not only the cheap metrics."""
+    ntk_method: str = "structured"
+    """`structured` (fast exact path for our networks) or `generic` (per-state Jacobians; any network, slow)."""
+    ntk_reduction: str = "trace"
+    """`trace`: K = sum_a J_a J_a^T (N x N); `full`: the (N*A) x (N*A) kernel."""
+    n_top: int = 3
+    """Top eigenvalues of K and A kept per diagnostics row."""
+    dormant_tau: float = 0.025
+    """ReDo threshold for dormant units."""
+    memory_budget_mb: int = 2048
+    """Memory the eNTK may use for Jacobian chunks / layer gradients."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that defines a run."""
 
@@ -155,6 +181,7 @@ class Config:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    diag: DiagConfig = field(default_factory=DiagConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -351,6 +378,14 @@ def _validate(cfg: Config) -> None:
            f"must be >= one rollout (num_envs * n_steps = {cfg.batch_size})", run.steps_per_task)
     for fname in ("eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(run, fname) >= 1, f"run.{fname}", "must be >= 1", getattr(run, fname))
+
+    d = cfg.diag
+    _check(d.every >= 0, "diag.every", "must be >= 0 (0: at every evaluation)", d.every)
+    for fname in ("n_states", "probe_steps", "n_top", "memory_budget_mb"):
+        _check(getattr(d, fname) >= 1, f"diag.{fname}", "must be >= 1", getattr(d, fname))
+    _check(d.ntk_method in ("structured", "generic"), "diag.ntk_method", "must be 'structured' or 'generic'", d.ntk_method)
+    _check(d.ntk_reduction in ("trace", "full"), "diag.ntk_reduction", "must be 'trace' or 'full'", d.ntk_reduction)
+    _check(0.0 <= d.dormant_tau < 1.0, "diag.dormant_tau", "must be in [0, 1)", d.dormant_tau)
 
 
 # ---------------------------------------------------------------------------------------

@@ -126,3 +126,23 @@ class GymLoop:
         finally:
             env.close()
         return {"return": ret.mean(), "success": success.mean(), "episodes": n}
+
+    def collect_states(self, agent_state: AgentState, env_params: Any, key: jax.Array, n_steps: int) -> np.ndarray:
+        """Raw observations met by the stochastic policy in `n_steps` steps of a fresh vector env.
+
+        Shape (n_steps * num_envs, obs_dim); the training env is untouched.
+        """
+        n = self.cfg.ppo.num_envs
+        seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
+        env = self.make_env(n, seed)
+        states = []
+        try:
+            obs, _ = env.reset(seed=seed)
+            low, high = env.single_action_space.low, env.single_action_space.high
+            for step_key in jax.random.split(key, n_steps):
+                states.append(np.asarray(obs, np.float32).reshape(n, -1))
+                _, action, _, _ = self._act(agent_state, jnp.asarray(obs, jnp.float32), step_key)
+                obs, *_ = env.step(np.clip(np.asarray(action), low, high))
+        finally:
+            env.close()
+        return np.concatenate(states)

@@ -62,7 +62,7 @@ class JaxLoop:
         self.iteration = jax.jit(self._iteration)
         self.evaluate = jax.jit(self._evaluate)
         self.start = jax.jit(self._start)
-        self.probe_states = jax.jit(self._probe_states, static_argnames=("n_steps",))
+        self.collect_states = jax.jit(self._collect_states, static_argnames=("n_steps",))
 
     # ------------------------------------------------------------------ start of a task
     def _start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, RolloutCarry]:
@@ -154,7 +154,18 @@ class JaxLoop:
             "episodes": finished.sum(),
         }
 
-    def _probe_states(self, agent_state: AgentState, rc: RolloutCarry, env_params: Any, n_steps: int) -> jax.Array:
-        """Normalised observations of `n_steps` policy steps from `rc`; training state is left untouched."""
-        _, traj = jax.lax.scan(lambda c, x: self._rollout_step(env_params, c, x), (agent_state, rc), None, length=n_steps)
-        return traj.obs.reshape((-1, traj.obs.shape[-1]))
+    # ------------------------------------------------------------------ probe states
+    def _collect_states(self, agent_state: AgentState, env_params: Any, key: jax.Array, n_steps: int) -> jax.Array:
+        """Raw observations met by the stochastic policy in `n_steps` steps of freshly reset envs.
+
+        Shape (n_steps * num_envs, obs_dim); the training agent and envs are untouched.
+        """
+        start = self._start(agent_state, key, env_params)
+
+        def step(carry, x):
+            raw_obs = carry[1].raw_obs
+            carry, _ = self._rollout_step(env_params, carry, x)
+            return carry, raw_obs
+
+        _, raw = jax.lax.scan(step, start, None, length=n_steps)
+        return raw.reshape((-1, raw.shape[-1]))

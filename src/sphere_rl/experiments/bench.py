@@ -1,4 +1,4 @@
-"""`sphere bench`: update-phase time with and without SPHERE, and training throughput on the built-in suite.
+"""`sphere bench`: update-phase time with and without SPHERE, training throughput on the built-in suite, eNTK cost.
 
 Measurements are interleaved (baseline, SPHERE, baseline, ...) because timings on a shared CPU
 drift within minutes; the median over repetitions is reported. Results go to a JSON file with
@@ -118,31 +118,52 @@ def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, An
     return out
 
 
+BENCH_SUITES = ("update", "ntk")
+"""`update`: update-phase time, SPHERE overhead, training throughput; `ntk`: cost of r_e(K)."""
+
+
 def bench_markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     lines = [f"Machine: {m['processor']}, {m['cpu_count']} CPUs, {m['devices']}, jax {m['jax']}; {m['time']}.", ""]
-    lines += ["| E | update phase Top-K MoE (s) | + SPHERE (s) | overhead |", "|---|---|---|---|"]
-    for r in results["sphere_overhead"]:
-        lines.append(f"| {r['n_experts']} | {r['baseline_s']:.2f} | {r['sphere_s']:.2f} | {r['overhead_pct']:+.1f} % |")
-    if results["sphere_overhead"]:
-        r0 = results["sphere_overhead"][0]
-        lines.append(f"| dense 3x256 (reference) | {results['dense_update']['seconds']:.2f} | | |")
-        lines.append(f"\n(2048 samples, minibatch 64, {r0['n_epochs']} epoch(s) = {r0['minibatch_steps']} minibatch steps; "
-                     "experts 3x256, k=2, obs 51, action 19; median of interleaved repeats.)")
-    lines += ["", "| training throughput | env steps/s |", "|---|---|"]
-    for preset_name, variants in results["throughput"].items():
-        for label, v in variants.items():
-            lines.append(f"| {preset_name}, {label} | {v['env_steps_per_s']:,.0f} |")
+    if "sphere_overhead" in results:
+        lines += ["| E | update phase Top-K MoE (s) | + SPHERE (s) | overhead |", "|---|---|---|---|"]
+        for r in results["sphere_overhead"]:
+            lines.append(f"| {r['n_experts']} | {r['baseline_s']:.2f} | {r['sphere_s']:.2f} | {r['overhead_pct']:+.1f} % |")
+        if results["sphere_overhead"]:
+            r0 = results["sphere_overhead"][0]
+            lines.append(f"| dense 3x256 (reference) | {results['dense_update']['seconds']:.2f} | | |")
+            lines.append(f"\n(2048 samples, minibatch 64, {r0['n_epochs']} epoch(s) = {r0['minibatch_steps']} minibatch steps; "
+                         "experts 3x256, k=2, obs 51, action 19; median of interleaved repeats.)")
+        lines += ["", "| training throughput | env steps/s |", "|---|---|"]
+        for preset_name, variants in results["throughput"].items():
+            for label, v in variants.items():
+                lines.append(f"| {preset_name}, {label} | {v['env_steps_per_s']:,.0f} |")
+    if "ntk" in results:
+        from sphere_rl.experiments.bench_ntk import ntk_markdown
+
+        lines += ["", ntk_markdown(results["ntk"])]
     return "\n".join(lines) + "\n"
 
 
-def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tuple[int, ...] = (10, 20, 40)) -> dict[str, Any]:
-    results = {"machine": machine_info(), "quick": quick}
+def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tuple[int, ...] = (10, 20, 40),
+              suites: tuple[str, ...] = BENCH_SUITES) -> dict[str, Any]:
+    unknown = sorted(set(suites) - set(BENCH_SUITES))
+    if unknown:
+        raise ValueError(f"unknown bench suite(s) {unknown}; choose from {BENCH_SUITES}")
+    results: dict[str, Any] = {"machine": machine_info(), "quick": quick, "suites": list(suites)}
     print(f"sphere bench on {results['machine']['processor']} ({results['machine']['cpu_count']} CPUs)")
-    results["throughput"] = {"demo": bench_training_throughput("demo", iterations=5 if quick else 40)}
-    n_epochs = 1 if quick else 10
-    results["dense_update"] = bench_dense_reference(repeats=2 if quick else 3, n_epochs=n_epochs)
-    results["sphere_overhead"] = bench_sphere_overhead(experts, repeats=2 if quick else 3, n_epochs=n_epochs)
+    if "update" in suites:
+        results["throughput"] = {"demo": bench_training_throughput("demo", iterations=5 if quick else 40)}
+        n_epochs = 1 if quick else 10
+        results["dense_update"] = bench_dense_reference(repeats=2 if quick else 3, n_epochs=n_epochs)
+        results["sphere_overhead"] = bench_sphere_overhead(experts, repeats=2 if quick else 3, n_epochs=n_epochs)
+    if "ntk" in suites:
+        from sphere_rl.experiments.bench_ntk import bench_ntk
+
+        if quick:
+            results["ntk"] = bench_ntk(states=(256, 512), experts=(10,), generic_states={"cw": (64,)}, repeats=1)
+        else:
+            results["ntk"] = bench_ntk(experts=experts)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out)
     atomic_write_json(out_dir / f"bench-{stamp}.json", results)

@@ -23,14 +23,13 @@ from sphere_rl.algo.gym_loop import GymLoop
 from sphere_rl.algo.jax_loop import JaxLoop
 from sphere_rl.algo.ppo import PPO
 from sphere_rl.config import Config
-from sphere_rl.diagnostics.spectral import proxy_effective_rank
+from sphere_rl.protocols.diagnostics import RunDiagnostics
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.checkpoint import read_checkpoint_meta
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
-_INIT, _TASK, _EVAL = 0, 1, 2
+_INIT, _TASK, _EVAL, _PROBE = 0, 1, 2, 3
 EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
-PROBE_STEPS = 4  # probe states for the proxy r_e(A): PROBE_STEPS x num_envs policy states
 
 
 @dataclasses.dataclass
@@ -43,10 +42,17 @@ class RunResult:
     final_success: list[float]
     final_return: list[float]
     proxy_rank: list[float]
+    """r_e(A) at the end of each task, on the task's probe set."""
     success_matrix: list[list[float | None]]
     """success_matrix[i][j]: success on task j evaluated at the end of task i (CRL; None if not seen)."""
     env_steps: int
     wall_time_s: float
+    ntk_rank: list[float | None] = dataclasses.field(default_factory=list)
+    """r_e(K) at the end of each task (None when `diag.enabled` or `diag.ntk` is off)."""
+    ntk_top_eigenvalues: list[list[float]] = dataclasses.field(default_factory=list)
+    """Top `diag.n_top` eigenvalues of K at the end of each task (the report's ellipsoids)."""
+    task_end_diagnostics: list[dict[str, float]] = dataclasses.field(default_factory=list)
+    """Every diagnostics metric at the end of each task (the diagnostics.csv row)."""
 
     @property
     def average_success(self) -> float:
@@ -77,6 +83,7 @@ class Runner:
         self.obs_dim, self.action_dim = spaces.pop()
         self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
         self.base_key = jax.random.PRNGKey(cfg.seed)
+        self.diagnostics = RunDiagnostics(self.cfg, self.ppo, run_dir, jax.random.fold_in(self.base_key, _PROBE))
 
     # ------------------------------------------------------------------ envs and loops
     def _space_of(self, task: str) -> tuple[int, int]:
@@ -121,15 +128,24 @@ class Runner:
         out = jax.device_get(loop.evaluate(agent, params, self._eval_key(task_index)))
         return {"return": float(out["return"]), "success": float(out["success"])}
 
-    def proxy_rank(self, agent: Any, carry: Any, task_index: int) -> float:
-        """r_e(A) of the routing-weighted last-layer features on states of the current policy."""
-        loop, params = self.loop_for(self.tasks[task_index])
-        if isinstance(loop, JaxLoop):
-            probe = loop.probe_states(agent, carry, params, PROBE_STEPS)
-        else:
-            probe = self.ppo.normalize_obs(agent, carry.raw_obs)
-        features = self.ppo.actor.apply(agent.params["actor"], probe).features
-        return float(proxy_effective_rank(features))
+    def _diagnose(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
+        """Log a diagnostics row when due; at a task end also record the summary's spectral numbers."""
+        enabled = self.cfg.diag.enabled
+        if not enabled and not task_end:
+            return
+        diagnosis = self.diagnostics.measure(agent, t, full=enabled)
+        metrics = diagnosis.metrics
+        if logger and enabled:
+            logger.log("diag", {
+                "env_step": state["env_step"], "task_index": t, "task": self.tasks[t],
+                "task_step": state["iteration"] * self.cfg.batch_size, "task_end": task_end, **metrics,
+            })
+        if task_end:
+            state["proxy"].append(metrics["proxy/effective_rank"])
+            state["ntk_rank"].append(metrics.get("ntk/effective_rank"))
+            n_top = self.cfg.diag.n_top
+            state["ntk_top"].append([metrics[f"ntk/eig_{i + 1}"] for i in range(n_top)] if "ntk/trace" in metrics else [])
+            state["task_end_diag"].append(metrics)
 
     # ------------------------------------------------------------------ the run
     def checkpoint_target(self) -> dict[str, Any]:
@@ -143,7 +159,7 @@ class Runner:
         total_steps = iterations * batch * len(self.tasks)
         state: dict[str, Any] = {
             "task_index": 0, "iteration": 0, "env_step": 0, "window": {}, "wall_time": 0.0,
-            "final": [], "matrix": [], "proxy": [],
+            "final": [], "matrix": [], "proxy": [], "ntk_rank": [], "ntk_top": [], "task_end_diag": [],
         }
         agent = carry = None
         logger = None
@@ -166,6 +182,7 @@ class Runner:
                 loop, params = self.loop_for(task)
                 if state["iteration"] == 0 or carry is None:
                     agent, carry = self._start_task(agent, t)
+                self.diagnostics.start_task(t, task, agent, loop, params)
                 bar.set_description(f"task {t + 1}/{len(self.tasks)} {task}")
                 while state["task_index"] == t:
                     it = state["iteration"]
@@ -189,8 +206,9 @@ class Runner:
                         window_clock = now
                     if _crossed(before, after, cfg.run.eval_every) or last:
                         self._evaluate_seen(agent, t, state, logger, task_end=last)
+                    if _crossed(before, after, self.diagnostics.every) or last:
+                        self._diagnose(agent, t, state, logger, task_end=last)
                     if last:
-                        state["proxy"].append(self.proxy_rank(agent, carry, t))
                         state["task_index"], state["iteration"] = t + 1, 0
                     if self.run_dir is not None and (_crossed(before, after, cfg.run.checkpoint_every) or last):
                         state["wall_time"] = time.perf_counter() - t_start
@@ -210,6 +228,9 @@ class Runner:
             success_matrix=state["matrix"],
             env_steps=state["env_step"],
             wall_time_s=time.perf_counter() - t_start,
+            ntk_rank=state.get("ntk_rank", []),
+            ntk_top_eigenvalues=state.get("ntk_top", []),
+            task_end_diagnostics=state.get("task_end_diag", []),
         )
         if self.run_dir is not None:
             self.run_dir.mark_complete(result.to_dict())

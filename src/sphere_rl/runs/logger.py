@@ -1,4 +1,4 @@
-"""CSV metric logs (metrics.csv / eval.csv) mirrored to TensorBoard and optionally Weights & Biases."""
+"""CSV metric logs (metrics.csv / eval.csv / diagnostics.csv) mirrored to TensorBoard and optionally Weights & Biases."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sphere_rl.runs.atomic import atomic_write_text
 
 __all__ = ["CSV_FILES", "MetricsLogger", "read_metrics"]
 
-CSV_FILES: dict[str, str] = {"train": "metrics.csv", "eval": "eval.csv"}
+CSV_FILES: dict[str, str] = {"train": "metrics.csv", "eval": "eval.csv", "diag": "diagnostics.csv"}
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
 
@@ -92,7 +92,7 @@ def _cell(value: Any) -> str:
 
 
 class MetricsLogger:
-    """Append-only CSV logs for ``train`` (metrics.csv) and ``eval`` (eval.csv) rows of one run directory.
+    """Append-only CSV logs for ``train`` (metrics.csv), ``eval`` (eval.csv) and ``diag`` (diagnostics.csv) rows.
 
     Every row must contain ``step_key`` (default ``env_step``), used as the TensorBoard/W&B step.
     Pass ``resume_step`` when resuming from a checkpoint: rows after it are removed
@@ -127,7 +127,7 @@ class MetricsLogger:
             self.truncate_after(step_key, resume_step)
 
     def csv_path(self, kind: str) -> Path:
-        """Path of the CSV file for ``kind`` ("train" or "eval")."""
+        """Path of the CSV file for ``kind`` (a key of CSV_FILES)."""
         if kind not in CSV_FILES:
             raise ValueError(f"kind must be one of {sorted(CSV_FILES)}, got {kind!r}")
         return self.root / CSV_FILES[kind]

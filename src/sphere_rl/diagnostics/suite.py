@@ -1,0 +1,92 @@
+"""Every diagnostic of an actor on a probe set in one call: r_e(K), the proxy r_e(A), plasticity metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from sphere_rl.diagnostics.ntk import DEFAULT_MEMORY_BUDGET, actor_ntk, ntk_spectrum
+from sphere_rl.diagnostics.plasticity import plasticity_metrics
+from sphere_rl.diagnostics.spectral import effective_rank, proxy_eigenvalues
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Flat scalar metrics (the diagnostics.csv columns) plus the spectra they summarise."""
+
+    metrics: dict[str, float]
+    ntk_eigenvalues: np.ndarray | None
+    """Eigenvalues of K, descending (None when the eNTK was not computed)."""
+    proxy_eigenvalues: np.ndarray
+    """Eigenvalues of A at the last hidden layer, descending."""
+
+    def to_dict(self, n_eigenvalues: int | None = None) -> dict[str, Any]:
+        """JSON-ready: metrics and the leading `n_eigenvalues` of each spectrum (all when None)."""
+        cut = slice(None) if n_eigenvalues is None else slice(0, n_eigenvalues)
+        return {
+            "metrics": dict(self.metrics),
+            "ntk_eigenvalues": None if self.ntk_eigenvalues is None else self.ntk_eigenvalues[cut].tolist(),
+            "proxy_eigenvalues": self.proxy_eigenvalues[cut].tolist(),
+        }
+
+
+def _top(eigenvalues: np.ndarray, k: int) -> list[float]:
+    top = np.zeros(k)
+    n = min(k, eigenvalues.size)
+    top[:n] = np.clip(eigenvalues[:n], 0.0, None)
+    return top.tolist()
+
+
+def diagnose(
+    actor: nn.Module,
+    actor_params: Any,
+    obs: jax.Array,
+    *,
+    anchor_params: Any = None,
+    ntk: bool = True,
+    ntk_method: str = "structured",
+    ntk_reduction: str = "trace",
+    n_top: int = 3,
+    dormant_tau: float = 0.025,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Diagnosis:
+    """Diagnostics of `actor` on the (already normalised) probe states `obs`.
+
+    Keys: `ntk/effective_rank`, `ntk/eig_1..n_top`, `ntk/trace`, `ntk/clipped_fraction`,
+    `ntk/seconds`, `grad_norm` (RMS over states of the Frobenius norm of ∂f(x)/∂θ, = sqrt(Tr K / N))
+    when `ntk`; `proxy/effective_rank`, `proxy/eig_1..n_top` (last hidden layer),
+    `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and `plasticity_metrics`'s keys.
+    `anchor_params` (the actor at the task's start) adds the weight-change metrics.
+    """
+    out = actor.apply(actor_params, obs)
+    metrics: dict[str, float] = {"n_states": float(obs.shape[0])}
+    ntk_eigenvalues = None
+    if ntk:
+        start = time.perf_counter()
+        kernel = actor_ntk(actor, actor_params, obs, reduction=ntk_reduction, method=ntk_method,
+                           memory_budget=memory_budget)
+        spectrum = ntk_spectrum(kernel)
+        ntk_eigenvalues = spectrum.eigenvalues
+        metrics["ntk/effective_rank"] = spectrum.effective_rank
+        metrics.update({f"ntk/eig_{i + 1}": v for i, v in enumerate(_top(spectrum.eigenvalues, n_top))})
+        metrics["ntk/trace"] = spectrum.trace
+        metrics["ntk/clipped_fraction"] = spectrum.clipped_fraction
+        metrics["grad_norm"] = float(np.sqrt(max(spectrum.trace, 0.0) / obs.shape[0]))
+        metrics["ntk/seconds"] = time.perf_counter() - start
+
+    features = jax.device_get(out.features)
+    n_layers = len(features.hidden)
+    layer_eigenvalues = [proxy_eigenvalues(features, layer) for layer in range(n_layers)]
+    last = layer_eigenvalues[-1]
+    metrics["proxy/effective_rank"] = effective_rank(last)
+    metrics.update({f"proxy/eig_{i + 1}": v for i, v in enumerate(_top(last, n_top))})
+    for layer, eigenvalues in enumerate(layer_eigenvalues):
+        metrics[f"proxy/effective_rank/layer_{layer}"] = effective_rank(eigenvalues)
+    metrics.update(plasticity_metrics(out, actor_params, anchor_params, tau=dormant_tau))
+    return Diagnosis(metrics={k: float(v) for k, v in metrics.items()}, ntk_eigenvalues=ntk_eigenvalues,
+                     proxy_eigenvalues=last)

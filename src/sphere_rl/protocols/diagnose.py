@@ -1,0 +1,107 @@
+"""Diagnose a saved run's checkpoint on a probe set (`sphere diagnose`): r_e(K), r_e(A) and plasticity metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from sphere_rl.config import Config
+from sphere_rl.diagnostics.probe import ProbeSet, subsample
+from sphere_rl.protocols.diagnostics import RunDiagnostics
+from sphere_rl.protocols.runner import _PROBE, Runner
+from sphere_rl.runs import RunDir
+from sphere_rl.runs.atomic import atomic_write_json
+
+
+def _load_probe_file(path: str) -> ProbeSet:
+    if path.endswith(".npy"):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"probe file {path!r} does not exist")
+        return ProbeSet.from_array(np.load(path, allow_pickle=False), task=Path(path).stem)
+    return ProbeSet.load(path)
+
+
+def diagnose_run(
+    path: str,
+    *,
+    step: int | None = None,
+    task_index: int | None = None,
+    probe: str | None = None,
+    n_states: int | None = None,
+    ntk: bool = True,
+    method: str | None = None,
+    reduction: str | None = None,
+    n_eigenvalues: int = 10,
+    out: str | None = None,
+) -> dict[str, Any]:
+    """Diagnostics of one checkpoint (latest good one by default) on a probe set.
+
+    The probe is `probe` (a .npz written by a run, or an .npy array of raw states) or else the run's
+    stored probe set of `task_index` (default: the task the checkpoint was training), drawn afresh if
+    the run has none. `n_states` subsamples it. Writes the report as JSON (default
+    `RUN_DIR/diagnose_<step>_task<t>.json`) and returns it.
+    """
+    run_dir = RunDir.open(path)
+    overrides: dict[str, Any] = {}
+    if method:
+        overrides["diag.ntk_method"] = method
+    if reduction:
+        overrides["diag.ntk_reduction"] = reduction
+    cfg = Config.from_dict(run_dir.config).override(overrides).validate()
+    runner = Runner(cfg, run_dir, progress=False)
+    target = runner.checkpoint_target()
+    if step is None:
+        tree, meta, step = run_dir.checkpoints.restore_latest(target)
+    else:
+        tree, meta = run_dir.checkpoints.restore(step, target)
+    agent = tree["agent"]
+    t = min(int(meta["task_index"]), len(runner.tasks) - 1) if task_index is None else task_index
+    if not 0 <= t < len(runner.tasks):
+        raise ValueError(f"--task must be in [0, {len(runner.tasks) - 1}], got {t}")
+
+    # Read the run's own probe and anchor without writing anything new into the run directory.
+    stored = RunDiagnostics(cfg, runner.ppo, run_dir, jax.random.fold_in(runner.base_key, _PROBE))
+    has_stored_probe = stored._path(t, ".npz").is_file()
+    tracker = stored if has_stored_probe else RunDiagnostics(cfg, runner.ppo, None, stored.key)
+    loop, params = runner.loop_for(runner.tasks[t])
+    tracker.start_task(t, runner.tasks[t], agent, loop, params)
+    anchor_file = stored._path(t, "_actor.msgpack")
+    if not anchor_file.is_file():
+        tracker.anchors.pop(t, None)  # no record of the task's start: no weight change
+    if probe is not None:
+        tracker.probes[t] = _load_probe_file(probe)
+        source = probe
+    else:
+        source = str(stored._path(t, ".npz")) if has_stored_probe else "drawn now from the current policy"
+    states = tracker.probes[t].states
+    if n_states is not None:
+        if n_states < 1:
+            raise ValueError(f"--n-states must be >= 1, got {n_states}")
+        states = subsample(states, n_states, jax.random.PRNGKey(0))
+    if states.shape[1] != runner.obs_dim:
+        raise ValueError(f"probe states have {states.shape[1]} features, the run's observations have {runner.obs_dim}")
+    tracker.probes[t] = ProbeSet(states, runner.tasks[t], t)
+
+    start = time.perf_counter()
+    diagnosis = tracker.measure(agent, t, full=ntk)
+    report = {
+        "run_dir": str(run_dir.root),
+        "checkpoint_step": int(step),
+        "env_step": int(meta["env_step"]),
+        "task_index": t,
+        "task": runner.tasks[t],
+        "probe": source,
+        "n_states": int(states.shape[0]),
+        "ntk_method": cfg.diag.ntk_method if ntk else None,
+        "ntk_reduction": cfg.diag.ntk_reduction if ntk else None,
+        "seconds": time.perf_counter() - start,
+        **diagnosis.to_dict(n_eigenvalues),
+    }
+    target_path = Path(out) if out else run_dir.path(f"diagnose_{step}_task{t}.json")
+    atomic_write_json(target_path, report)
+    report["path"] = str(target_path)
+    return report
