@@ -133,3 +133,19 @@ def test_diagnostics_off_still_reports_the_proxy(tmp_path):
 def test_bad_diagnostics_config_names_the_field(override, field):
     with pytest.raises(ConfigError, match=field):
         small_config(override)
+
+
+def test_every_diagnostics_column_is_documented(diag_run):
+    import re
+    from pathlib import Path
+
+    _, run_dir, _ = diag_run
+    doc = (Path(__file__).parents[1] / "docs" / "metrics.md").read_text()
+    columns = read_metrics(run_dir.path("diagnostics.csv"))[0].keys()
+    templates = [(r"expert_load/\d+$", "expert_load/<e>"), (r"expert_\d+$", "expert_<e>"),
+                 (r"layer_\d+$", "layer_<l>"), (r"eig_\d+$", "eig_1")]
+    for column in columns:
+        documented = column
+        for pattern, placeholder in templates:
+            documented = re.sub(pattern, placeholder, documented)
+        assert f"`{documented}`" in doc, f"diagnostics.csv column {column!r} is not in docs/metrics.md"
