@@ -149,3 +149,26 @@ def test_every_diagnostics_column_is_documented(diag_run):
         for pattern, placeholder in templates:
             documented = re.sub(pattern, placeholder, documented)
         assert f"`{documented}`" in doc, f"diagnostics.csv column {column!r} is not in docs/metrics.md"
+
+
+def test_proxy_statistics_on_hand_made_pairs():
+    from sphere_rl.experiments.proxy_validation import proxy_statistics
+
+    monotone = [{"task_index": t, "env_step": i, "proxy": float(i), "ntk": float(i) ** 2} for i, t in enumerate([0, 0, 0, 1, 1, 1])]
+    reversed_ = [{**p, "ntk": -p["ntk"]} for p in monotone]
+    stats = proxy_statistics({"up": monotone})
+    assert stats["pooled"]["rho"] == pytest.approx(1.0) and stats["pooled"]["n"] == 6
+    assert stats["within_task_rho"] == {"mean": pytest.approx(1.0), "min": pytest.approx(1.0), "max": pytest.approx(1.0), "n_groups": 2}
+    both = proxy_statistics({"up": monotone, "down": reversed_})
+    assert both["per_run"]["down"]["rho"] == pytest.approx(-1.0)
+    assert both["within_task_rho"]["mean"] == pytest.approx(0.0)
+
+
+def test_sphere_proxy_on_an_existing_run(diag_run, tmp_path, capsys):
+    _, run_dir, _ = diag_run
+    assert main(["proxy", "--runs", str(run_dir.root), "--out-dir", str(tmp_path)]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    (report_path,) = tmp_path.glob("*/proxy_validation.json")
+    report = json.loads(report_path.read_text())
+    assert report["statistics"]["pooled"]["n"] == 4 and -1.0 <= report["statistics"]["pooled"]["rho"] <= 1.0
+    assert (report_path.parent / "proxy_scatter.png").read_bytes()[:4] == b"\x89PNG"

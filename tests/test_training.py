@@ -195,6 +195,7 @@ def test_report_table_and_plot_from_a_run(reference_run, tmp_path):
     _, result = reference_run
     table = results_table({"a": result, "b": result})
     assert "arm/reach" in table and "arm/permute" in table and f"{result.average_success:>8.2f}" in table
+    assert f"{result.ntk_rank[1]:>7.1f} {result.proxy_rank[1]:>7.1f}" in table
     png = plot_crl_comparison({"a": result, "b": result}, tmp_path / "fig" / "demo.png")
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000

@@ -127,6 +127,14 @@ def cmd_plasticity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from sphere_rl.experiments.proxy_validation import run_proxy_validation
+
+    run_proxy_validation(run_dirs=args.run_dirs, out_dir=args.out_dir, seed=args.seed, overrides=args.overrides,
+                         diag_every=args.diag_every)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -186,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out-dir", default="runs/plasticity")
     p.set_defaults(func=cmd_plasticity)
+
+    p = sub.add_parser("proxy", help="proxy validation: Spearman correlation of r_e(A) and r_e(K) over a CRL run's checkpoints")
+    p.add_argument("--runs", dest="run_dirs", nargs="+", default=None,
+                   help="analyse these run directories (default: train the demo CRL pair first)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides for the runs it trains")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--diag-every", type=int, default=25_000, help="env steps between diagnostics in the runs it trains")
+    p.add_argument("--out-dir", default="runs/proxy")
+    p.set_defaults(func=cmd_proxy)
     return parser
 
 

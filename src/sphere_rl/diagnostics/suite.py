@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -13,6 +13,21 @@ import numpy as np
 from sphere_rl.diagnostics.ntk import DEFAULT_MEMORY_BUDGET, actor_ntk, ntk_spectrum
 from sphere_rl.diagnostics.plasticity import plasticity_metrics
 from sphere_rl.diagnostics.spectral import effective_rank, proxy_eigenvalues
+
+
+MetricFn = Callable[..., dict[str, float]]
+"""`fn(actor_out, actor_params, anchor_params, *, dormant_tau) -> {column: value}` on a probe set."""
+
+METRICS: dict[str, MetricFn] = {}
+"""Extra diagnostics computed in every `diagnose` call (and so in every diagnostics.csv row)."""
+
+
+def register_metric(name: str, fn: MetricFn) -> None:
+    """Add a metric family to every diagnostics row; its keys become diagnostics.csv columns."""
+    METRICS[name] = fn
+
+
+register_metric("plasticity", lambda out, params, anchor, *, dormant_tau: plasticity_metrics(out, params, anchor, tau=dormant_tau))
 
 
 @dataclass(frozen=True)
@@ -60,7 +75,8 @@ def diagnose(
     Keys: `ntk/effective_rank`, `ntk/eig_1..n_top`, `ntk/trace`, `ntk/clipped_fraction`,
     `ntk/seconds`, `grad_norm` (RMS over states of the Frobenius norm of ∂f(x)/∂θ, = sqrt(Tr K / N))
     when `ntk`; `proxy/effective_rank`, `proxy/eig_1..n_top` (last hidden layer),
-    `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and `plasticity_metrics`'s keys.
+    `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and the keys of every registered
+    metric family (`METRICS`; by default `plasticity_metrics`).
     `anchor_params` (the actor at the task's start) adds the weight-change metrics.
     """
     out = actor.apply(actor_params, obs)
@@ -87,6 +103,7 @@ def diagnose(
     metrics.update({f"proxy/eig_{i + 1}": v for i, v in enumerate(_top(last, n_top))})
     for layer, eigenvalues in enumerate(layer_eigenvalues):
         metrics[f"proxy/effective_rank/layer_{layer}"] = effective_rank(eigenvalues)
-    metrics.update(plasticity_metrics(out, actor_params, anchor_params, tau=dormant_tau))
+    for fn in METRICS.values():
+        metrics.update(fn(out, actor_params, anchor_params, dormant_tau=dormant_tau))
     return Diagnosis(metrics={k: float(v) for k, v in metrics.items()}, ntk_eigenvalues=ntk_eigenvalues,
                      proxy_eigenvalues=last)
