@@ -178,3 +178,18 @@ def test_spectrum_of_known_kernels():
     np.testing.assert_array_equal(ntk_spectrum(np.eye(2)).top(4), [1.0, 1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="square"):
         ntk_spectrum(np.ones((2, 3)))
+
+
+def test_structured_path_compiles_once_per_actor_and_probe_shape():
+    from sphere_rl.diagnostics import ntk
+
+    actor, params, obs = tiny_actor("topk_moe", jnp.float32)
+    ntk._cached_gradients_fn.cache_clear()
+    first = structured_ntk(actor, params, obs)
+    moved = jax.tree_util.tree_map(lambda x: x * 1.1, params)
+    second = structured_ntk(actor, moved, obs + 0.5)
+    assert not np.allclose(first, second)
+    (compiled,) = [ntk._cached_gradients_fn(actor, ntk._default_output, tuple(ntk._trace_layers(actor, params, obs)),
+                                            tuple(range(ACTION_DIM)))]
+    assert ntk._cached_gradients_fn.cache_info().currsize == 1
+    assert compiled._cache_size() == 1  # new parameter values and states reuse the compiled program
