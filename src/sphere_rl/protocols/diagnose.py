@@ -53,11 +53,7 @@ def diagnose_run(
         overrides["diag.ntk_reduction"] = reduction
     cfg = Config.from_dict(run_dir.config).override(overrides).validate()
     runner = Runner(cfg, run_dir, progress=False)
-    target = runner.checkpoint_target()
-    if step is None:
-        tree, meta, step = run_dir.checkpoints.restore_latest(target)
-    else:
-        tree, meta = run_dir.checkpoints.restore(step, target)
+    tree, meta, step = runner.load_checkpoint(step)
     agent = tree["agent"]
     t = min(int(meta["task_index"]), len(runner.tasks) - 1) if task_index is None else task_index
     if not 0 <= t < len(runner.tasks):

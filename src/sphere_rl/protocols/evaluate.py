@@ -19,11 +19,7 @@ def evaluate_run(path: str, step: int | None = None, episodes: int | None = None
     if episodes is not None:
         cfg = cfg.override({"run.eval_episodes": episodes})
     runner = Runner(cfg, run_dir, progress=False)
-    target = runner.checkpoint_target()
-    if step is None:
-        tree, meta, step = run_dir.checkpoints.restore_latest(target)
-    else:
-        tree, meta = run_dir.checkpoints.restore(step, target)
+    tree, meta, step = runner.load_checkpoint(step)
     agent = tree["agent"]
     rows = [{"task": task, **runner.evaluate(agent, j)} for j, task in enumerate(runner.tasks)]
     report = {

@@ -153,6 +153,14 @@ class Runner:
         agent, carry = self._start_task(None, self._newest_task_index())
         return {"agent": agent, "carry": carry}
 
+    def load_checkpoint(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """(tree, meta, step) of checkpoint `step` of this run (the latest good one when None)."""
+        manager, target = self.run_dir.checkpoints, self.checkpoint_target()
+        if step is None:
+            return manager.restore_latest(target)
+        tree, meta = manager.restore(step, target)
+        return tree, meta, step
+
     def run(self, resume: bool = False) -> RunResult:
         cfg, batch = self.cfg, self.cfg.batch_size
         iterations = cfg.iterations_per_task
