@@ -61,18 +61,18 @@ def diagnose_run(
 
     # Read the run's own probe and anchor without writing anything new into the run directory.
     stored = RunDiagnostics(cfg, runner.ppo, run_dir, jax.random.fold_in(runner.base_key, _PROBE))
-    has_stored_probe = stored._path(t, ".npz").is_file()
+    has_stored_probe = stored.path_for(t, ".npz").is_file()
     tracker = stored if has_stored_probe else RunDiagnostics(cfg, runner.ppo, None, stored.key)
     loop, params = runner.loop_for(runner.tasks[t])
     tracker.start_task(t, runner.tasks[t], agent, loop, params)
-    anchor_file = stored._path(t, "_actor.msgpack")
+    anchor_file = stored.path_for(t, "_actor.msgpack")
     if not anchor_file.is_file():
         tracker.anchors.pop(t, None)  # no record of the task's start: no weight change
     if probe is not None:
         tracker.probes[t] = _load_probe_file(probe)
         source = probe
     else:
-        source = str(stored._path(t, ".npz")) if has_stored_probe else "drawn now from the current policy"
+        source = str(stored.path_for(t, ".npz")) if has_stored_probe else "drawn now from the current policy"
     states = tracker.probes[t].states
     if n_states is not None:
         if n_states < 1:

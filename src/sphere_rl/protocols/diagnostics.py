@@ -35,7 +35,7 @@ class RunDiagnostics:
     def every(self) -> int:
         return self.cfg.diag.every or self.cfg.run.eval_every
 
-    def _path(self, task_index: int, suffix: str) -> Path | None:
+    def path_for(self, task_index: int, suffix: str) -> Path | None:
         if self.run_dir is None:
             return None
         return self.run_dir.path("probes", f"task_{task_index:02d}{suffix}")
@@ -45,7 +45,7 @@ class RunDiagnostics:
 
         On a fresh task `agent` is the agent at the task's start; on resume the stored anchor wins.
         """
-        probe_path, anchor_path = self._path(task_index, ".npz"), self._path(task_index, "_actor.msgpack")
+        probe_path, anchor_path = self.path_for(task_index, ".npz"), self.path_for(task_index, "_actor.msgpack")
         if probe_path is not None and probe_path.is_file():
             probe = ProbeSet.load(probe_path)
         else:
