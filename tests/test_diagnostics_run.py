@@ -93,6 +93,16 @@ def test_logged_ntk_rank_matches_an_independent_brute_force(diag_run):
 def test_sphere_diagnose_reproduces_the_last_row(diag_run, tmp_path, capsys):
     _, run_dir, _ = diag_run
     out = tmp_path / "report.json"
+    anchor = run_dir.path("probes", "task_01_actor.msgpack")
+    saved_anchor = anchor.read_bytes()
+    anchor.unlink()  # a run without the task's anchor: diagnose must not record one
+    probes_before = sorted(p.name for p in run_dir.path("probes").iterdir())
+    try:
+        assert main(["diagnose", str(run_dir.root), "--out", str(tmp_path / "no_anchor.json")]) == 0
+        assert sorted(p.name for p in run_dir.path("probes").iterdir()) == probes_before
+        assert "weight_change" not in json.loads((tmp_path / "no_anchor.json").read_text())["metrics"]
+    finally:
+        anchor.write_bytes(saved_anchor)
     assert main(["diagnose", str(run_dir.root), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "r_e(K)" in printed and "r_e(A)" in printed

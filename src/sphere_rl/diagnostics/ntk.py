@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sphere_rl.diagnostics.spectral import effective_rank_with_report
+from sphere_rl.diagnostics.spectral import effective_rank_with_report, top_eigenvalues
 from sphere_rl.nets.layers import StackedDense
 
 REDUCTIONS = ("trace", "full")
@@ -152,6 +152,13 @@ class _Tap:
     shared_input: bool
     """StackedDense fed one (N, in) input for all members (else one (E, N, in) slice per member)."""
     has_bias: bool
+    out_shape: tuple[int, ...]
+    """The layer's output shape on the traced batch: (N, out) or (E, N, out)."""
+    out_dtype: str
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.path)
 
 
 _TAPPED_LAYERS = (nn.Dense, StackedDense)
@@ -162,15 +169,17 @@ def _trace_layers(module: nn.Module, variables: Any, obs: jax.Array) -> list[_Ta
     taps: list[_Tap] = []
 
     def record(next_fun, args, kwargs, context):
+        y = next_fun(*args, **kwargs)
         if context.method_name != "__call__" or not isinstance(context.module, _TAPPED_LAYERS):
-            return next_fun(*args, **kwargs)
+            return y
         x = args[0]
         if isinstance(context.module, nn.Dense) and x.ndim != 2:
             raise UnsupportedNetworkError(f"layer {'/'.join(context.module.path)}: the structured NTK needs (N, in) inputs")
         stacked = isinstance(context.module, StackedDense)
         has_bias = stacked or bool(context.module.use_bias)
-        taps.append(_Tap(tuple(context.module.path), stacked, stacked and x.ndim == 2, has_bias))
-        return next_fun(*args, **kwargs)
+        taps.append(_Tap(tuple(context.module.path), stacked, stacked and x.ndim == 2, has_bias,
+                         tuple(y.shape), jnp.dtype(y.dtype).name))
+        return y
 
     def forward(v: Any, x: jax.Array) -> Any:
         with nn.intercept_methods(record):
@@ -209,21 +218,12 @@ def _default_output(out: Any) -> jax.Array:
 
 
 def _layer_gradients_jit(module: nn.Module, output_fn: Callable[[Any], jax.Array], taps: tuple[_Tap, ...],
-                         outputs: tuple[int, ...] | None) -> Callable[[Any, jax.Array], tuple[dict, dict]]:
-    names = ["/".join(t.path) for t in taps]
+                         outputs: tuple[int, ...]) -> Callable[[Any, jax.Array], tuple[dict, dict]]:
+    """Jitted (variables, obs) -> (layer inputs, output gradients δ_a for a in `outputs`), keyed by layer name."""
+    names = [t.name for t in taps]
 
     def run(variables: Any, obs: jax.Array) -> tuple[dict, dict]:
-        out_shapes: dict[str, Any] = {}
-
-        def shapes(next_fun, args, kwargs, context):
-            y = next_fun(*args, **kwargs)
-            if context.method_name == "__call__" and isinstance(context.module, _TAPPED_LAYERS):
-                out_shapes["/".join(context.module.path)] = jax.ShapeDtypeStruct(y.shape, y.dtype)
-            return y
-
-        with nn.intercept_methods(shapes):
-            jax.eval_shape(lambda v, x: module.apply(v, x), variables, obs)
-        zero_taps = {n: jnp.zeros(s.shape, s.dtype) for n, s in out_shapes.items()}
+        zero_taps = {t.name: jnp.zeros(t.out_shape, t.out_dtype) for t in taps}
 
         def tapped_forward(tap_values: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
             seen_inputs: dict[str, jax.Array] = {}
@@ -241,9 +241,7 @@ def _layer_gradients_jit(module: nn.Module, output_fn: Callable[[Any], jax.Array
             return out, seen_inputs
 
         mean, pullback, inputs = jax.vjp(tapped_forward, zero_taps, has_aux=True)
-        out_dim = mean.shape[1]
-        chosen = jnp.arange(out_dim) if outputs is None else jnp.asarray(outputs)
-        cotangents = jax.vmap(lambda a: jnp.zeros_like(mean).at[:, a].set(1.0))(chosen)
+        cotangents = jax.vmap(lambda a: jnp.zeros_like(mean).at[:, a].set(1.0))(jnp.asarray(outputs))
         (deltas,) = jax.vmap(pullback)(cotangents)
         return {n: inputs[n] for n in names}, {n: deltas[n] for n in names}
 
@@ -320,17 +318,16 @@ def structured_ntk(
     out = jax.eval_shape(lambda v, x: output_fn(module.apply(v, x)), variables, obs)
     n_states, out_dim = out.shape
     if chunk_size is None:
-        width = _total_tap_width(module, variables, obs)
+        width = sum(math.prod(t.out_shape) // n_states for t in taps)
         chunk_size = outputs_per_chunk(n_states, width, jnp.dtype(out.dtype).itemsize, memory_budget, out_dim)
     chunks = [tuple(range(lo, min(lo + chunk_size, out_dim))) for lo in range(0, out_dim, chunk_size)]
 
     if reduction == "trace":
         kernel = np.zeros((n_states, n_states), np.float64)
         for outputs in chunks:
-            _, inputs, deltas = _gradients_on_host(module, variables, obs, output_fn, taps, outputs)
+            inputs, deltas = _gradients_on_host(module, variables, obs, output_fn, taps, outputs)
             for tap in taps:
-                name = "/".join(tap.path)
-                for x, delta in _per_member(tap, inputs[name], deltas[name]):
+                for x, delta in _per_member(tap, inputs[tap.name], deltas[tap.name]):
                     rows = _live_rows(delta)
                     if rows.size:
                         kernel[np.ix_(rows, rows)] += _trace_block(x, delta, tap.has_bias, rows)
@@ -340,31 +337,15 @@ def structured_ntk(
     host = [_gradients_on_host(module, variables, obs, output_fn, taps, outputs) for outputs in chunks]
     for ci, rows_out in enumerate(chunks):
         for cj, cols_out in enumerate(chunks):
-            _, inputs, deltas_r = host[ci]
-            deltas_c = host[cj][2]
+            inputs, deltas_r = host[ci]
+            deltas_c = host[cj][1]
             for tap in taps:
-                name = "/".join(tap.path)
-                for (x, d_r), (_, d_c) in zip(_per_member(tap, inputs[name], deltas_r[name]),
-                                              _per_member(tap, inputs[name], deltas_c[name])):
+                for (x, d_r), (_, d_c) in zip(_per_member(tap, inputs[tap.name], deltas_r[tap.name]),
+                                              _per_member(tap, inputs[tap.name], deltas_c[tap.name])):
                     rows = np.union1d(_live_rows(d_r), _live_rows(d_c))
                     if rows.size:
                         kernel4[np.ix_(rows, rows_out, rows, cols_out)] += _full_block(x, d_r, d_c, tap.has_bias, rows)
     return kernel4.reshape(n_states * out_dim, n_states * out_dim)
-
-
-def _total_tap_width(module: nn.Module, variables: Any, obs: jax.Array) -> int:
-    """Σ over dense layers of the per-state output size (out, or E·out for stacked layers)."""
-    widths: list[int] = []
-
-    def record(next_fun, args, kwargs, context):
-        y = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and isinstance(context.module, _TAPPED_LAYERS):
-            widths.append(int(np.prod(y.shape)) // obs.shape[0])
-        return y
-
-    with nn.intercept_methods(record):
-        jax.eval_shape(lambda v, x: module.apply(v, x), variables, obs)
-    return sum(widths)
 
 
 @functools.lru_cache(maxsize=32)
@@ -375,7 +356,7 @@ def _cached_gradients_fn(module, output_fn, taps, outputs):
 def _gradients_on_host(module, variables, obs, output_fn, taps, outputs):
     """Layer inputs and output gradients as numpy arrays (one compiled function per module and outputs)."""
     inputs, deltas = jax.device_get(_cached_gradients_fn(module, output_fn, tuple(taps), tuple(outputs))(variables, obs))
-    return taps, {k: np.asarray(v) for k, v in inputs.items()}, {k: np.asarray(v) for k, v in deltas.items()}
+    return {k: np.asarray(v) for k, v in inputs.items()}, {k: np.asarray(v) for k, v in deltas.items()}
 
 
 # =====================================================================================================
@@ -397,10 +378,7 @@ class NTKSpectrum:
 
     def top(self, k: int = 3) -> np.ndarray:
         """The k largest eigenvalues (clipped at 0; zero-padded)."""
-        top = np.zeros(k, np.float64)
-        n = min(k, self.eigenvalues.size)
-        top[:n] = np.clip(self.eigenvalues[:n], 0.0, None)
-        return top
+        return top_eigenvalues(self.eigenvalues, k)
 
 
 def ntk_spectrum(kernel: np.ndarray) -> NTKSpectrum:

@@ -132,13 +132,17 @@ def proxy_effective_rank(features: Features, layer: int = -1, space: str = "auto
     return effective_rank(proxy_eigenvalues(features, layer, space))
 
 
-def proxy_top_eigenvalues(features: Features, k: int = 3, layer: int = -1, space: str = "auto") -> np.ndarray:
-    """The k largest eigenvalues of A (descending; zero-padded if the Gram has fewer than k)."""
-    eigenvalues = np.clip(proxy_eigenvalues(features, layer, space), 0.0, None)
+def top_eigenvalues(eigenvalues: np.ndarray, k: int = 3) -> np.ndarray:
+    """The first k of a descending spectrum, clipped at 0 and zero-padded to length k (float64)."""
     top = np.zeros(k, dtype=np.float64)
     n = min(k, eigenvalues.size)
-    top[:n] = eigenvalues[:n]
+    top[:n] = np.clip(eigenvalues[:n], 0.0, None)
     return top
+
+
+def proxy_top_eigenvalues(features: Features, k: int = 3, layer: int = -1, space: str = "auto") -> np.ndarray:
+    """The k largest eigenvalues of A (descending; zero-padded if the Gram has fewer than k)."""
+    return top_eigenvalues(proxy_eigenvalues(features, layer, space), k)
 
 
 def phi_effective_rank_jnp(phi: jax.Array) -> jax.Array:

@@ -12,7 +12,7 @@ import numpy as np
 
 from sphere_rl.diagnostics.ntk import DEFAULT_MEMORY_BUDGET, actor_ntk, ntk_spectrum
 from sphere_rl.diagnostics.plasticity import plasticity_metrics
-from sphere_rl.diagnostics.spectral import effective_rank, proxy_eigenvalues
+from sphere_rl.diagnostics.spectral import effective_rank, proxy_eigenvalues, top_eigenvalues
 
 
 MetricFn = Callable[..., dict[str, float]]
@@ -50,13 +50,6 @@ class Diagnosis:
         }
 
 
-def _top(eigenvalues: np.ndarray, k: int) -> list[float]:
-    top = np.zeros(k)
-    n = min(k, eigenvalues.size)
-    top[:n] = np.clip(eigenvalues[:n], 0.0, None)
-    return top.tolist()
-
-
 def diagnose(
     actor: nn.Module,
     actor_params: Any,
@@ -89,7 +82,7 @@ def diagnose(
         spectrum = ntk_spectrum(kernel)
         ntk_eigenvalues = spectrum.eigenvalues
         metrics["ntk/effective_rank"] = spectrum.effective_rank
-        metrics.update({f"ntk/eig_{i + 1}": v for i, v in enumerate(_top(spectrum.eigenvalues, n_top))})
+        metrics.update({f"ntk/eig_{i + 1}": v for i, v in enumerate(spectrum.top(n_top).tolist())})
         metrics["ntk/trace"] = spectrum.trace
         metrics["ntk/clipped_fraction"] = spectrum.clipped_fraction
         metrics["grad_norm"] = float(np.sqrt(max(spectrum.trace, 0.0) / obs.shape[0]))
@@ -100,7 +93,7 @@ def diagnose(
     layer_eigenvalues = [proxy_eigenvalues(features, layer) for layer in range(n_layers)]
     last = layer_eigenvalues[-1]
     metrics["proxy/effective_rank"] = effective_rank(last)
-    metrics.update({f"proxy/eig_{i + 1}": v for i, v in enumerate(_top(last, n_top))})
+    metrics.update({f"proxy/eig_{i + 1}": v for i, v in enumerate(top_eigenvalues(last, n_top).tolist())})
     for layer, eigenvalues in enumerate(layer_eigenvalues):
         metrics[f"proxy/effective_rank/layer_{layer}"] = effective_rank(eigenvalues)
     for fn in METRICS.values():

@@ -11,8 +11,7 @@ import numpy as np
 
 from sphere_rl.config import Config
 from sphere_rl.diagnostics.probe import ProbeSet, subsample
-from sphere_rl.protocols.diagnostics import RunDiagnostics
-from sphere_rl.protocols.runner import _PROBE, Runner
+from sphere_rl.protocols.runner import Runner
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_json
 
@@ -59,21 +58,18 @@ def diagnose_run(
     if not 0 <= t < len(runner.tasks):
         raise ValueError(f"--task must be in [0, {len(runner.tasks) - 1}], got {t}")
 
-    # Read the run's own probe and anchor without writing anything new into the run directory.
-    stored = RunDiagnostics(cfg, runner.ppo, run_dir, jax.random.fold_in(runner.base_key, _PROBE))
-    has_stored_probe = stored.path_for(t, ".npz").is_file()
-    tracker = stored if has_stored_probe else RunDiagnostics(cfg, runner.ppo, None, stored.key)
-    loop, params = runner.loop_for(runner.tasks[t])
-    tracker.start_task(t, runner.tasks[t], agent, loop, params)
-    anchor_file = stored.path_for(t, "_actor.msgpack")
-    if not anchor_file.is_file():
-        tracker.anchors.pop(t, None)  # no record of the task's start: no weight change
+    # The run's own probe and anchor are read, never written: `sphere diagnose` leaves the run as it was.
+    tracker = runner.diagnostics
+    stored_probe = tracker.path_for(t, ".npz")
     if probe is not None:
-        tracker.probes[t] = _load_probe_file(probe)
-        source = probe
+        probe_set, source = _load_probe_file(probe), probe
+    elif stored_probe.is_file():
+        probe_set, source = ProbeSet.load(stored_probe), str(stored_probe)
     else:
-        source = str(stored.path_for(t, ".npz")) if has_stored_probe else "drawn now from the current policy"
-    states = tracker.probes[t].states
+        loop, params = runner.loop_for(runner.tasks[t])
+        probe_set = tracker.draw_probe(t, runner.tasks[t], agent, loop, params)
+        source = "drawn now from the current policy"
+    states = probe_set.states
     if n_states is not None:
         if n_states < 1:
             raise ValueError(f"--n-states must be >= 1, got {n_states}")
@@ -81,6 +77,9 @@ def diagnose_run(
     if states.shape[1] != runner.obs_dim:
         raise ValueError(f"probe states have {states.shape[1]} features, the run's observations have {runner.obs_dim}")
     tracker.probes[t] = ProbeSet(states, runner.tasks[t], t)
+    anchor = tracker.read_anchor(t, agent.params["actor"])
+    if anchor is not None:  # else no record of the task's start: no weight change
+        tracker.anchors[t] = anchor
 
     start = time.perf_counter()
     diagnosis = tracker.measure(agent, t, full=ntk)

@@ -40,32 +40,40 @@ class RunDiagnostics:
             return None
         return self.run_dir.path("probes", f"task_{task_index:02d}{suffix}")
 
+    def draw_probe(self, task_index: int, task: str, agent: Any, loop: Any, env_params: Any) -> ProbeSet:
+        """The task's probe set drawn from `agent`'s policy on fresh envs (its own random stream; no files)."""
+        d = self.cfg.diag
+        collect_key, pick_key = jax.random.split(jax.random.fold_in(self.key, task_index))
+        n_steps = max(d.probe_steps, -(-d.n_states // self.cfg.ppo.num_envs))
+        states = np.asarray(loop.collect_states(agent, env_params, collect_key, n_steps=n_steps))
+        return ProbeSet(subsample(states, d.n_states, pick_key).astype(np.float32), task, task_index)
+
+    def read_anchor(self, task_index: int, template: Any) -> Any | None:
+        """The stored actor parameters at the task's start (shaped like `template`), or None if not recorded."""
+        path = self.path_for(task_index, "_actor.msgpack")
+        if path is None or not path.is_file():
+            return None
+        return flax.serialization.from_bytes(template, path.read_bytes())
+
     def start_task(self, task_index: int, task: str, agent: Any, loop: Any, env_params: Any) -> ProbeSet:
         """Load or draw the task's probe set, and load or record its anchor (call at every task entry).
 
         On a fresh task `agent` is the agent at the task's start; on resume the stored anchor wins.
         """
-        probe_path, anchor_path = self.path_for(task_index, ".npz"), self.path_for(task_index, "_actor.msgpack")
+        probe_path = self.path_for(task_index, ".npz")
         if probe_path is not None and probe_path.is_file():
             probe = ProbeSet.load(probe_path)
         else:
-            d = self.cfg.diag
-            key = jax.random.fold_in(self.key, task_index)
-            collect_key, pick_key = jax.random.split(key)
-            n_steps = max(d.probe_steps, -(-d.n_states // self.cfg.ppo.num_envs))
-            states = np.asarray(loop.collect_states(agent, env_params, collect_key, n_steps=n_steps))
-            probe = ProbeSet(subsample(states, d.n_states, pick_key).astype(np.float32), task, task_index)
+            probe = self.draw_probe(task_index, task, agent, loop, env_params)
             if probe_path is not None:
                 probe.save(probe_path)
         self.probes[task_index] = probe
 
-        actor_params = agent.params["actor"]
-        if anchor_path is not None and anchor_path.is_file():
-            anchor = flax.serialization.from_bytes(actor_params, anchor_path.read_bytes())
-        else:
-            anchor = jax.device_get(actor_params)
-            if anchor_path is not None:
-                atomic_write_bytes(anchor_path, flax.serialization.to_bytes(anchor))
+        anchor = self.read_anchor(task_index, agent.params["actor"])
+        if anchor is None:
+            anchor = jax.device_get(agent.params["actor"])
+            if self.run_dir is not None:
+                atomic_write_bytes(self.path_for(task_index, "_actor.msgpack"), flax.serialization.to_bytes(anchor))
         self.anchors[task_index] = anchor
         return probe
 

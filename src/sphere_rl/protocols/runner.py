@@ -144,7 +144,8 @@ class Runner:
             state["proxy"].append(metrics["proxy/effective_rank"])
             state["ntk_rank"].append(metrics.get("ntk/effective_rank"))
             n_top = self.cfg.diag.n_top
-            state["ntk_top"].append([metrics[f"ntk/eig_{i + 1}"] for i in range(n_top)] if "ntk/trace" in metrics else [])
+            has_ntk = diagnosis.ntk_eigenvalues is not None
+            state["ntk_top"].append([metrics[f"ntk/eig_{i + 1}"] for i in range(n_top)] if has_ntk else [])
             state["task_end_diag"].append(metrics)
 
     # ------------------------------------------------------------------ the run
