@@ -17,7 +17,7 @@ Structured path (`structured_ntk`): a dense layer y = x W + b contributes
 with δ_a(x) = ∂f_a/∂y the output gradient of the layer. Summing over layers (and over the experts of
 a stacked layer) gives K exactly from one forward pass, A backward passes to the layer outputs and
 N×N products, never the N×P Jacobian. Rows of states an expert does not receive (zero gate) have
-δ = 0 and are skipped, so Top-K experts cost ~k/E of the dense price.
+δ = 0 and are skipped, so each Top-K expert's product covers only its ~N·k/E routed states.
 """
 
 from __future__ import annotations
