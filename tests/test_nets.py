@@ -80,7 +80,7 @@ def n_total_experts(kind: str, cfg: NetConfig = SMALL) -> int:
 def test_registries_have_the_documented_kinds():
     assert set(nets.ACTORS) == {"mlp", "topk_moe", "dense_moe", "ds_moe"}
     assert set(nets.CRITICS) >= {"mlp", "topk_moe", "dense_moe", "ds_moe"}
-    assert nets.DISPATCH_MODES == ("dense",)
+    assert nets.DISPATCH_MODES == ("dense", "sparse")
 
 
 def test_unknown_kinds_and_bad_specs_raise():
@@ -91,7 +91,7 @@ def test_unknown_kinds_and_bad_specs_raise():
     with pytest.raises(ValueError, match="top_k"):
         nets.make_actor(small_cfg(actor="topk_moe", top_k=5), ACTION_DIM)
     with pytest.raises(ValueError, match="dispatch"):
-        nets.make_actor(small_cfg(actor="topk_moe", dispatch="sparse"), ACTION_DIM)
+        nets.make_actor(small_cfg(actor="topk_moe", dispatch="gather"), ACTION_DIM)
     with pytest.raises(ValueError, match="router"):
         MoESpec(router="nope", n_experts=2, top_k=1, n_shared=0, hidden_sizes=(4,), gate_hidden_sizes=(4,))
 

@@ -46,7 +46,7 @@ class NetConfig:
     """Hidden activation: `relu` or `tanh`."""
     load_balance_coef: float = 0.0
     """Weight of the auxiliary load-balancing loss (Switch-Transformer form); 0 disables it."""
-    dispatch: str = "dense"
+    dispatch: str = "sparse"
     """How Top-K experts are evaluated: `dense` (all experts, masked; the official way)."""
 
 

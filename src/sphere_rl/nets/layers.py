@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sphere_rl.nets.grouped import grouped_matmul
+
 Initializer = Callable[..., jax.Array]
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "tanh": jnp.tanh}
@@ -63,6 +65,10 @@ class StackedDense(nn.Module):
 
     The input is either shared by all members, shape (B, in) (`'bi,eio->ebo'`), or one slice per
     member, shape (E, B, in) (`'ebi,eio->ebo'`). Parameters: `kernel` (E, in, out), `bias` (E, out).
+    `members=(start, stop)` evaluates only those members (the parameters keep all `n_stack`).
+    With `groups=(group_sizes, row_member)` the input is instead rows (R, in) sorted by member,
+    `group_sizes[m]` of them for member m, and the output is (R, features): each row through its
+    own member only (`grouped_matmul`; sparse expert dispatch).
     """
 
     n_stack: int
@@ -70,10 +76,16 @@ class StackedDense(nn.Module):
     gain: float
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
+                 groups: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         in_dim = x.shape[-1]
         kernel = self.param("kernel", stacked_orthogonal(self.gain), (self.n_stack, in_dim, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.n_stack, self.features))
+        if members is not None:
+            kernel, bias = kernel[members[0]:members[1]], bias[members[0]:members[1]]
+        if groups is not None:
+            group_sizes, row_member = groups
+            return grouped_matmul(x, kernel, group_sizes) + bias[row_member]
         if x.ndim == 2:
             y = jnp.einsum("bi,eio->ebo", x, kernel)
         else:
@@ -101,7 +113,10 @@ class StackedMLP(nn.Module):
     """`n_stack` independent MLPs (experts) with a linear head each, evaluated densely.
 
     Returns `(hidden, out)`: hidden is a tuple with one (E, B, H_l) array per hidden layer
-    (post-activation), out is (E, B, out_dim).
+    (post-activation), out is (E, B, out_dim). The input is (B, in) shared by all experts or
+    (E, B, in) one batch per expert; `members=(start, stop)` evaluates only those experts.
+    With `groups=(group_sizes, row_expert)` the input is rows (R, in) sorted by expert and every
+    output is per row, (R, .): each row through its own expert only (see `StackedDense`).
     """
 
     n_stack: int
@@ -111,11 +126,12 @@ class StackedMLP(nn.Module):
     activation: str = "relu"
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
+                 groups: tuple[jax.Array, jax.Array] | None = None) -> tuple[tuple[jax.Array, ...], jax.Array]:
         act = activation_fn(self.activation)
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
-            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, name=f"layer_{i}")(x))
+            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, name=f"layer_{i}")(x, members, groups))
             hidden.append(x)
-        out = StackedDense(self.n_stack, self.out_dim, self.head_gain, name="head")(x)
+        out = StackedDense(self.n_stack, self.out_dim, self.head_gain, name="head")(x, members, groups)
         return tuple(hidden), out

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sphere_rl.config import NetConfig
+from sphere_rl.nets.grouped import permute_rows
 from sphere_rl.nets.layers import GATE_HEAD_GAIN, POLICY_HEAD_GAIN, VALUE_HEAD_GAIN, MLPTrunk, StackedMLP, dense
 from sphere_rl.nets.outputs import ActorOutput, CriticOutput, Features
-from sphere_rl.nets.routing import ROUTERS, load_balance_loss
+from sphere_rl.nets.routing import ROUTERS, Routing, load_balance_loss
 
 
 @dataclass(frozen=True)
@@ -48,18 +49,73 @@ class MoESpec:
 
 
 # -- dispatch: how the experts are evaluated for a batch ----------------------------------------------
-ExpertEvaluator = Callable[[StackedMLP, jax.Array, jax.Array], tuple[tuple[jax.Array, ...], jax.Array]]
+class ExpertPass(NamedTuple):
+    """What a dispatcher returns: every expert's features laid out (E, B, .), and the gated mixture."""
+
+    hidden: tuple[jax.Array, ...]
+    """Per hidden layer (E, B, H_l). Under sparse dispatch, zero where an expert did not see a state."""
+    outputs: jax.Array
+    """(E, B, out) expert head outputs (zero where an expert did not see a state, sparse dispatch)."""
+    mixed: jax.Array
+    """(B, out) sum_e gates[b, e] * outputs[e, b]."""
 
 
-def dense_dispatch(experts: StackedMLP, obs: jax.Array, gates: jax.Array) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """Evaluate every expert on every state; unselected experts are masked by their zero gate later."""
-    del gates
-    return experts(obs)
+ExpertsFactory = Callable[[nn.Module], StackedMLP]
+"""Builds the expert stack as a child of the given module (the same parameters at every call)."""
+Dispatcher = Callable[[nn.Module, ExpertsFactory, jax.Array, jax.Array, Routing, MoESpec], ExpertPass]
 
 
-DISPATCHERS: dict[str, ExpertEvaluator] = {"dense": dense_dispatch}
-"""Dispatch modes. A new mode (e.g. exact sparse dispatch) is one function with this signature that
-returns hidden (E, B, H_l) per layer and outputs (E, B, out) like `dense_dispatch`."""
+def dense_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array, gates: jax.Array,
+                   routing: Routing, spec: MoESpec) -> ExpertPass:
+    """Evaluate every expert on every state; unselected experts are masked by their zero gate (official)."""
+    del routing, spec
+    hidden, outputs = make_experts(mdl)(obs)
+    return ExpertPass(hidden, outputs, jnp.einsum("be,ebo->bo", gates, outputs))
+
+
+def sparse_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array, gates: jax.Array,
+                    routing: Routing, spec: MoESpec) -> ExpertPass:
+    """Evaluate each routed expert only on the states routed to it; the dense-masked result exactly.
+
+    The B * k (state, expert) assignments are sorted by expert and pushed through the experts with
+    grouped matrix products (`grouped_matmul`), so the work follows the assignments, however
+    unbalanced the routing, and no state is dropped. Results come back per assignment, (B, k, .),
+    and are laid out (E, B, .) with zeros where an expert did not see a state (only materialised
+    when something reads them, e.g. SPHERE). Shared experts (DS-MoE) see every state. With every
+    expert selected (softmax router, or k = E) this is `dense_dispatch`.
+    """
+    if routing.index is None or spec.top_k >= spec.n_experts or mdl.is_initializing():
+        # Initialising through the dense path gives the parameters (and random draws) of dense dispatch.
+        return dense_dispatch(mdl, make_experts, obs, gates, routing, spec)
+    n_states, n_shared, n_routed = obs.shape[0], spec.n_shared, spec.n_experts
+    index = jax.lax.stop_gradient(routing.index)
+    top_k = index.shape[1]
+    expert = index.reshape(-1)
+    order = jnp.argsort(expert, stable=True)
+    inverse = jnp.argsort(order)
+    group_sizes = jnp.bincount(expert, length=n_routed)
+    rows = obs[order // top_k]
+    experts = make_experts(mdl)
+    hidden_rows, output_rows = experts(rows, members=(n_shared, n_shared + n_routed), groups=(group_sizes, expert[order]))
+    per_assignment = lambda h: permute_rows(h, inverse, order).reshape(n_states, top_k, -1)
+    outputs_bk = per_assignment(output_rows)
+    kept_gates = jnp.take_along_axis(gates[:, n_shared:], index, axis=1)  # (B, k)
+    mixed = jnp.einsum("bk,bko->bo", kept_gates, outputs_bk)
+    states = jnp.arange(n_states)[:, None]
+    to_experts = lambda h: jnp.zeros((n_routed, n_states, h.shape[-1]), h.dtype).at[index, states].set(h, unique_indices=True)
+    hidden = tuple(to_experts(per_assignment(h)) for h in hidden_rows)
+    outputs = to_experts(outputs_bk)
+    if n_shared:
+        shared_hidden, shared_outputs = experts(obs, members=(0, n_shared))
+        hidden = tuple(jnp.concatenate([s, r]) for s, r in zip(shared_hidden, hidden))
+        outputs = jnp.concatenate([shared_outputs, outputs])
+        mixed = mixed + shared_outputs.sum(axis=0)
+    return ExpertPass(hidden, outputs, mixed)
+
+
+DISPATCHERS: dict[str, Dispatcher] = {"dense": dense_dispatch, "sparse": sparse_dispatch}
+"""Dispatch modes: `dense` evaluates every expert on every state and masks (the official code, the
+reference); `sparse` evaluates only the selected experts and gives the same numbers."""
 
 DISPATCH_MODES: tuple[str, ...] = tuple(DISPATCHERS)
 
@@ -96,27 +152,30 @@ class MoEBody(nn.Module):
         shared_gates = jnp.ones((obs.shape[0], spec.n_shared), routing.gates.dtype)
         gates = jnp.concatenate([shared_gates, routing.gates], axis=-1)
 
-        experts = StackedMLP(
-            n_stack=spec.n_shared + spec.n_experts,
-            hidden_sizes=spec.hidden_sizes,
-            out_dim=self.out_dim,
-            head_gain=self.head_gain,
-            activation=spec.activation,
-            name="experts",
-        )
-        hidden, expert_outputs = DISPATCHERS[spec.dispatch](experts, obs, gates)
-        mixed = jnp.einsum("be,ebo->bo", gates, expert_outputs)
+        def make_experts(parent: nn.Module) -> StackedMLP:
+            return StackedMLP(
+                n_stack=spec.n_shared + spec.n_experts,
+                hidden_sizes=spec.hidden_sizes,
+                out_dim=self.out_dim,
+                head_gain=self.head_gain,
+                activation=spec.activation,
+                parent=parent,
+                name="experts",
+            )
+
+        expert_pass = DISPATCHERS[spec.dispatch](self, make_experts, obs, gates, routing, spec)
+        mixed = expert_pass.mixed
 
         if spec.load_balance_coef > 0:
             aux_loss = spec.load_balance_coef * load_balance_loss(routing.probs, routing.selected)
         else:
             aux_loss = jnp.zeros((), mixed.dtype)
         features = Features(
-            hidden=hidden,
+            hidden=expert_pass.hidden,
             gates=gates,
             logits=logits,
             probs=routing.probs,
-            expert_outputs=expert_outputs,
+            expert_outputs=expert_pass.outputs,
             n_shared=spec.n_shared,
         )
         return mixed, features, aux_loss
@@ -188,3 +247,11 @@ def critic_builder(kind: str) -> Callable[[NetConfig], MoECritic]:
         return MoECritic(moe_spec(cfg, kind, cfg.critic_hidden_sizes))
 
     return build
+
+
+def with_dense_dispatch(module: nn.Module) -> nn.Module:
+    """The same network (same parameters) evaluated with dense dispatch: the form diagnostics use."""
+    spec = getattr(module, "spec", None)
+    if isinstance(spec, MoESpec) and spec.dispatch != "dense":
+        return module.clone(spec=replace(spec, dispatch="dense"))
+    return module

@@ -17,6 +17,8 @@ class Routing(NamedTuple):
     """(B, E) 1.0 where the expert was selected (an assignment), else 0.0. No gradient."""
     probs: jax.Array
     """(B, E) full softmax of logits / temperature over all routed experts."""
+    index: jax.Array | None = None
+    """(B, k) indices of the selected experts (distinct per row); None when every expert is used."""
 
 
 def topk_routing(logits: jax.Array, top_k: int, temperature: float) -> Routing:
@@ -31,7 +33,7 @@ def topk_routing(logits: jax.Array, top_k: int, temperature: float) -> Routing:
     gates = jnp.einsum("bk,bke->be", kept_gates, one_hot)
     selected = jax.lax.stop_gradient(one_hot.sum(axis=-2))
     probs = jax.nn.softmax(logits / temperature, axis=-1)
-    return Routing(gates=gates, selected=selected, probs=probs)
+    return Routing(gates=gates, selected=selected, probs=probs, index=kept_index)
 
 
 def softmax_routing(logits: jax.Array, top_k: int, temperature: float) -> Routing:
