@@ -18,6 +18,7 @@ from sphere_rl.diagnostics.ntk import (
     ntk_spectrum,
     structured_ntk,
 )
+from sphere_rl.nets.moe import with_dense_dispatch
 
 ACTOR_KINDS = ["mlp", "topk_moe", "dense_moe", "ds_moe"]
 N_STATES, OBS_DIM, ACTION_DIM = 7, 5, 3
@@ -189,7 +190,8 @@ def test_structured_path_compiles_once_per_actor_and_probe_shape():
     moved = jax.tree_util.tree_map(lambda x: x * 1.1, params)
     second = structured_ntk(actor, moved, obs + 0.5)
     assert not np.allclose(first, second)
-    (compiled,) = [ntk._cached_gradients_fn(actor, ntk._default_output, tuple(ntk._trace_layers(actor, params, obs)),
+    dense = with_dense_dispatch(actor)  # the form the structured path evaluates
+    (compiled,) = [ntk._cached_gradients_fn(dense, ntk._default_output, tuple(ntk._trace_layers(dense, params, obs)),
                                             tuple(range(ACTION_DIM)))]
     assert ntk._cached_gradients_fn.cache_info().currsize == 1
     assert compiled._cache_size() == 1  # new parameter values and states reuse the compiled program

@@ -1,8 +1,11 @@
-"""Training for Gymnasium vector envs: one jitted policy call per vector step, jitted GAE + update phase.
+"""Training for Gymnasium vector envs: one jitted call per vector step, one jitted GAE + update phase.
 
-Observation normalisation (and its statistics update) happens inside the jitted calls. The env
-itself lives on the host, so its state is not part of a checkpoint: a resumed run resets the
-vector env (documented in docs/run_directory.md); JAX-native envs resume bit-exactly.
+Per vector step the env steps on the host, then a single jitted call does everything the agent
+needs: the bootstrap value of truncated episodes, the observation normaliser's update, and the
+policy's action for the next step; an iteration of T steps makes T + 1 jitted calls (the first
+action, T - 1 observe-and-act steps, and GAE + update phase fused with the last observation). The env itself lives
+on the host, so its state is not part of a checkpoint: a resumed run resets the vector env
+(documented in docs/run_directory.md); JAX-native envs resume bit-exactly.
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sphere_rl.algo.gae import compute_gae
-from sphere_rl.algo.jax_loop import episode_statistics
-from sphere_rl.algo.ppo import PPO, AgentState, Batch
+from sphere_rl.algo.ppo import PPO, AgentState
+from sphere_rl.algo.rollout import Trajectory, learn_from_rollout
 
 
 class GymCarry(flax.struct.PyTreeNode):
@@ -24,6 +26,16 @@ class GymCarry(flax.struct.PyTreeNode):
     key: jax.Array
     episode_return: jax.Array
     episode_length: jax.Array
+
+
+def _final_observations(info: dict[str, Any], next_obs: np.ndarray) -> np.ndarray:
+    """The observation each episode ended in (gymnasium's `final_obs` where an env just reset)."""
+    final_obs = info.get("final_obs")
+    if final_obs is None:
+        return next_obs
+    if final_obs.dtype == object:  # per-env entries, None where the env did not finish
+        return np.stack([f if f is not None else o for f, o in zip(final_obs, next_obs)])
+    return final_obs
 
 
 class GymLoop:
@@ -36,7 +48,7 @@ class GymLoop:
         self.make_env = make_env
         self.env = None
         self._act = jax.jit(self._act_fn, static_argnames=("deterministic",))
-        self._observe = jax.jit(self._observe_fn)
+        self._observe_and_act = jax.jit(self._observe_and_act_fn)
         self._finish = jax.jit(self._finish_fn)
 
     def _act_fn(self, agent_state: AgentState, raw_obs: jax.Array, key: jax.Array, deterministic: bool = False):
@@ -44,24 +56,26 @@ class GymLoop:
         action, log_prob, value = self.ppo._policy_step(agent_state, obs, key, deterministic)
         return obs, action, log_prob, value
 
-    def _observe_fn(self, agent_state: AgentState, next_obs: jax.Array, final_obs: jax.Array, truncated: jax.Array, terminated: jax.Array):
+    def _observe(self, agent_state: AgentState, next_obs: jax.Array, final_obs: jax.Array, truncated: jax.Array, terminated: jax.Array):
+        """gamma * V(final obs) for truncated episodes (added to the reward), then the normaliser update."""
         final_value = self.ppo.value(agent_state, self.ppo.normalize_obs(agent_state, final_obs))
         bootstrap = self.cfg.ppo.gamma * final_value * jnp.logical_and(truncated, jnp.logical_not(terminated))
         if self.cfg.ppo.normalize_obs:
             agent_state = agent_state.replace(obs_rms=agent_state.obs_rms.update(next_obs))
         return agent_state, bootstrap
 
-    def _finish_fn(self, agent_state: AgentState, traj: dict[str, jax.Array], last_raw_obs: jax.Array, key: jax.Array, learning_rate: jax.Array):
-        p = self.cfg.ppo
-        last_value = self.ppo.value(agent_state, self.ppo.normalize_obs(agent_state, last_raw_obs))
-        advantages, returns = compute_gae(traj["rewards"], traj["values"], traj["dones"], last_value, p.gamma, p.gae_lambda)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        batch = Batch(flat(traj["obs"]), flat(traj["actions"]), flat(traj["log_probs"]), flat(advantages), flat(returns))
-        agent_state, metrics = self.ppo.update_phase(agent_state, batch, key, learning_rate)
-        metrics.update(episode_statistics(traj["dones"], traj["episode_return"], traj["episode_length"], traj["episode_success"]))
-        metrics["value_mean"] = traj["values"].mean()
-        metrics["advantage_std"] = advantages.std()
-        return agent_state, metrics
+    def _observe_and_act_fn(self, agent_state: AgentState, next_obs: jax.Array, final_obs: jax.Array,
+                            truncated: jax.Array, terminated: jax.Array, key: jax.Array):
+        agent_state, bootstrap = self._observe(agent_state, next_obs, final_obs, truncated, terminated)
+        return agent_state, bootstrap, self._act_fn(agent_state, next_obs, key)
+
+    def _finish_fn(self, agent_state: AgentState, traj: Trajectory, bootstrap: jax.Array, last_step: tuple[jax.Array, ...],
+                   key: jax.Array, learning_rate: jax.Array):
+        """Observe the last step, add every step's bootstrap to its reward, then GAE + update phase."""
+        agent_state, last_bootstrap = self._observe(agent_state, *last_step)
+        bootstrap = jnp.concatenate([bootstrap, last_bootstrap[None]])
+        traj = traj._replace(rewards=traj.rewards + bootstrap)
+        return learn_from_rollout(self.ppo, agent_state, traj, last_step[0], key, learning_rate)
 
     def start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, GymCarry]:
         """Build and reset the vector env for a task (`env_params` is unused: the env id is bound in make_env)."""
@@ -80,29 +94,29 @@ class GymLoop:
         p = self.cfg.ppo
         low, high = self.env.single_action_space.low, self.env.single_action_space.high
         keys = jax.random.split(carry.key, p.n_steps + 2)
-        raw_obs = carry.raw_obs
+        policy = self._act(agent_state, carry.raw_obs, keys[0])
         ep_ret = np.asarray(carry.episode_return, np.float32)
         ep_len = np.asarray(carry.episode_length, np.int32)
-        columns: dict[str, list] = {k: [] for k in ("obs", "actions", "log_probs", "values", "rewards", "dones", "episode_return", "episode_length", "episode_success")}
+        steps: list[tuple[np.ndarray, ...]] = []
+        bootstraps = [jnp.zeros((0, p.num_envs), jnp.float32)]
         for t in range(p.n_steps):
-            obs, action, log_prob, value = self._act(agent_state, raw_obs, keys[t])
-            next_obs, reward, terminated, truncated, info = self.env.step(np.clip(np.asarray(action), low, high))
-            final_obs = info.get("final_obs", next_obs)
-            agent_state, bootstrap = self._observe(agent_state, jnp.asarray(next_obs, jnp.float32), jnp.asarray(np.stack(final_obs) if final_obs.dtype == object else final_obs, jnp.float32), jnp.asarray(truncated), jnp.asarray(terminated))
+            obs, action, log_prob, value = jax.device_get(policy)
+            next_obs, reward, terminated, truncated, info = self.env.step(np.clip(action, low, high))
             done = np.logical_or(terminated, truncated)
             ep_ret = ep_ret + reward
             ep_len = ep_len + 1
             success = np.asarray(info.get("success", np.zeros(p.num_envs, bool)), bool)
-            for name, value_t in (("obs", obs), ("actions", action), ("log_probs", log_prob), ("values", value),
-                                  ("rewards", np.asarray(reward, np.float32) + np.asarray(bootstrap)), ("dones", done),
-                                  ("episode_return", ep_ret.copy()), ("episode_length", ep_len.copy()), ("episode_success", success)):
-                columns[name].append(value_t)
+            steps.append((obs, action, log_prob, value, np.asarray(reward, np.float32), done, ep_ret, ep_len, success))
             ep_ret = np.where(done, 0.0, ep_ret).astype(np.float32)
             ep_len = np.where(done, 0, ep_len).astype(np.int32)
-            raw_obs = jnp.asarray(next_obs, jnp.float32)
-        traj = {k: jnp.stack([jnp.asarray(v) for v in vs]) for k, vs in columns.items()}
-        agent_state, metrics = self._finish(agent_state, traj, raw_obs, keys[-2], learning_rate)
-        carry = GymCarry(raw_obs, keys[-1], jnp.asarray(ep_ret), jnp.asarray(ep_len))
+            observed = (np.asarray(next_obs, np.float32), np.asarray(_final_observations(info, next_obs), np.float32),
+                        np.asarray(truncated), np.asarray(terminated))
+            if t < p.n_steps - 1:
+                agent_state, bootstrap, policy = self._observe_and_act(agent_state, *observed, keys[t + 1])
+                bootstraps.append(bootstrap[None])
+        traj = Trajectory(*(np.stack(column) for column in zip(*steps)))
+        agent_state, metrics = self._finish(agent_state, traj, jnp.concatenate(bootstraps), observed, keys[-2], learning_rate)
+        carry = GymCarry(jnp.asarray(observed[0]), keys[-1], jnp.asarray(ep_ret), jnp.asarray(ep_len))
         return agent_state, carry, metrics
 
     def evaluate(self, agent_state: AgentState, env_params: Any, key: jax.Array) -> dict[str, Any]:

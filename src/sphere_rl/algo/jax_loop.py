@@ -5,14 +5,14 @@ Task parameters are data, so one compiled iteration serves every task of an env 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
 
-from sphere_rl.algo.gae import compute_gae
-from sphere_rl.algo.ppo import PPO, AgentState, Batch
+from sphere_rl.algo.ppo import PPO, AgentState
+from sphere_rl.algo.rollout import Trajectory, learn_from_rollout
 
 
 class RolloutCarry(flax.struct.PyTreeNode):
@@ -23,29 +23,6 @@ class RolloutCarry(flax.struct.PyTreeNode):
     key: jax.Array
     episode_return: jax.Array  # (N,) running undiscounted return of the current episode
     episode_length: jax.Array  # (N,)
-
-
-class _Step(NamedTuple):
-    obs: jax.Array
-    actions: jax.Array
-    log_probs: jax.Array
-    values: jax.Array
-    rewards: jax.Array
-    dones: jax.Array
-    episode_return: jax.Array
-    episode_length: jax.Array
-    episode_success: jax.Array
-
-
-def episode_statistics(dones: jax.Array, returns: jax.Array, lengths: jax.Array, success: jax.Array) -> dict[str, jax.Array]:
-    """Sums over the episodes that ended in a rollout (the caller divides by `episodes`)."""
-    d = dones.astype(jnp.float32)
-    return {
-        "episodes": d.sum(),
-        "episode_return_sum": jnp.sum(returns * d),
-        "episode_length_sum": jnp.sum(lengths * d),
-        "episode_success_sum": jnp.sum(success.astype(jnp.float32) * d),
-    }
 
 
 class JaxLoop:
@@ -93,7 +70,7 @@ class JaxLoop:
         episode_length = rc.episode_length + 1
         if self.cfg.ppo.normalize_obs:
             agent_state = agent_state.replace(obs_rms=agent_state.obs_rms.update(next_obs))
-        step = _Step(obs, action, log_prob, value, train_reward, done, episode_return, episode_length, info["success"])
+        step = Trajectory(obs, action, log_prob, value, train_reward, done, episode_return, episode_length, info["success"])
         rc = RolloutCarry(
             env_state,
             next_obs,
@@ -109,16 +86,9 @@ class JaxLoop:
         (agent_state, rc), traj = jax.lax.scan(
             lambda c, x: self._rollout_step(env_params, c, x), (agent_state, rc), None, length=p.n_steps
         )
-        last_value = self.ppo.value(agent_state, self.ppo.normalize_obs(agent_state, rc.raw_obs))
-        advantages, returns = compute_gae(traj.rewards, traj.values, traj.dones, last_value, p.gamma, p.gae_lambda)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        batch = Batch(flat(traj.obs), flat(traj.actions), flat(traj.log_probs), flat(advantages), flat(returns))
         key, update_key = jax.random.split(rc.key)
         rc = rc.replace(key=key)
-        agent_state, metrics = self.ppo.update_phase(agent_state, batch, update_key, learning_rate)
-        metrics.update(episode_statistics(traj.dones, traj.episode_return, traj.episode_length, traj.episode_success))
-        metrics["value_mean"] = traj.values.mean()
-        metrics["advantage_std"] = advantages.std()
+        agent_state, metrics = learn_from_rollout(self.ppo, agent_state, traj, rc.raw_obs, update_key, learning_rate)
         return agent_state, rc, metrics
 
     # ------------------------------------------------------------------ evaluation

@@ -175,7 +175,8 @@ class PPO:
         metrics["grad_norm/critic"] = _global_norm(grads["critic"])
         return grads, metrics
 
-    def _apply_gradients(self, state: AgentState, grads: Params) -> AgentState:
+    def apply_gradients(self, state: AgentState, grads: Params) -> AgentState:
+        """One optimiser step (global-norm clip + Adam) on actor and critic separately."""
         new_params, new_opt = {}, {}
         for name in ("actor", "critic"):
             updates, new_opt[name] = self.tx.update(grads[name], state.opt_state[name], state.params[name])
@@ -189,9 +190,13 @@ class PPO:
 
         def run(state: AgentState):
             grads, metrics = self._gradients(state.params, mb)
-            kl_ok = jnp.asarray(True) if target_kl is None else metrics["approx_kl"] <= 1.5 * target_kl
-            updated = self._apply_gradients(state, grads)
-            state = jax.tree.map(lambda new, old: jnp.where(kl_ok, new, old), updated, state)
+            if target_kl is None:
+                kl_ok = jnp.asarray(True)
+                state = self.apply_gradients(state, grads)
+            else:
+                # A branch, not a select: a select would read and write every parameter and moment twice.
+                kl_ok = metrics["approx_kl"] <= 1.5 * target_kl
+                state = jax.lax.cond(kl_ok, self.apply_gradients, lambda s, g: s, state, grads)
             metrics = {**metrics, "computed": jnp.ones(()), "applied": kl_ok.astype(jnp.float32)}
             return state, jnp.logical_not(kl_ok), metrics
 

@@ -34,6 +34,7 @@ import numpy as np
 
 from sphere_rl.diagnostics.spectral import effective_rank_with_report, top_eigenvalues
 from sphere_rl.nets.layers import StackedDense
+from sphere_rl.nets.moe import with_dense_dispatch
 
 REDUCTIONS = ("trace", "full")
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
@@ -309,9 +310,11 @@ def structured_ntk(
     `ActorOutput`). Parameters named in `output_free` must not influence that output (the
     state-independent `log_std`); any other parameter outside a dense layer raises
     `UnsupportedNetworkError`. `chunk_size` outputs per batch of backward passes (None: as many as
-    `memory_budget` allows). Returns float64 numpy, same layout as `empirical_ntk`.
+    `memory_budget` allows). Returns float64 numpy, same layout as `empirical_ntk`. MoE networks
+    are evaluated with dense dispatch (same function): their expert layers then see all states.
     """
     _check_reduction(reduction)
+    module = with_dense_dispatch(module)
     obs = jnp.asarray(obs)
     taps = _trace_layers(module, variables, obs)
     _check_coverage(taps, variables, output_free)

@@ -13,6 +13,7 @@ import numpy as np
 from sphere_rl.diagnostics.ntk import DEFAULT_MEMORY_BUDGET, actor_ntk, ntk_spectrum
 from sphere_rl.diagnostics.plasticity import plasticity_metrics
 from sphere_rl.diagnostics.spectral import effective_rank, proxy_eigenvalues, top_eigenvalues
+from sphere_rl.nets.moe import with_dense_dispatch
 
 
 MetricFn = Callable[..., dict[str, float]]
@@ -71,7 +72,9 @@ def diagnose(
     `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and the keys of every registered
     metric family (`METRICS`; by default `plasticity_metrics`).
     `anchor_params` (the actor at the task's start) adds the weight-change metrics.
+    MoE actors are measured with dense dispatch (same function; every expert's features on every state).
     """
+    actor = with_dense_dispatch(actor)
     out = actor.apply(actor_params, obs)
     metrics: dict[str, float] = {"n_states": float(obs.shape[0])}
     ntk_eigenvalues = None

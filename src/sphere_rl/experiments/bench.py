@@ -62,27 +62,79 @@ def _update_phase_timer(cfg: Config) -> Callable[[], float]:
     return once
 
 
-def bench_sphere_overhead(experts: tuple[int, ...], repeats: int, n_epochs: int) -> list[dict[str, Any]]:
-    """Paper-size Top-K MoE (k=2, 3x256 experts and gate), 2048 samples, minibatch 64, H1 obs/action sizes."""
+def _optimizer_floor_timer(cfg: Config) -> Callable[[], float]:
+    """The optimiser alone (global-norm clip + Adam on actor and critic) for as many steps as an update phase.
+
+    Every minibatch step must read and write every parameter and both Adam moments, whatever the
+    dispatch: this is the memory-traffic floor under an update phase.
+    """
+    ppo = PPO(cfg, H1_OBS, H1_ACT)
+    state = ppo.init(jax.random.PRNGKey(0))
+    n_steps = cfg.ppo.n_epochs * (cfg.batch_size // cfg.ppo.minibatch_size)
+
+    @jax.jit
+    def run(state):
+        def step(state, i):
+            grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3) * i, state.params)
+            return ppo.apply_gradients(state, grads, jnp.float32(cfg.ppo.lr)), None
+
+        return jax.lax.scan(step, state, jnp.arange(n_steps, dtype=jnp.float32))[0]
+
+    jax.block_until_ready(run(state))
+
+    def once() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(run(state))
+        return time.perf_counter() - start
+
+    return once
+
+
+UPDATE_VARIANTS: dict[str, list[str]] = {
+    "topk_moe sparse": ["net.actor=topk_moe", "net.dispatch=sparse"],
+    "topk_moe dense-masked": ["net.actor=topk_moe", "net.dispatch=dense"],
+    "dense_moe": ["net.actor=dense_moe"],
+    "ds_moe sparse": ["net.actor=ds_moe", "net.dispatch=sparse"],
+    "ds_moe dense-masked": ["net.actor=ds_moe", "net.dispatch=dense"],
+}
+"""Actor configurations timed by the update suite (each with and without SPHERE)."""
+
+
+def bench_update_phase(experts: tuple[int, ...], repeats: int, n_epochs: int,
+                       variants: dict[str, list[str]] = UPDATE_VARIANTS) -> list[dict[str, Any]]:
+    """Update-phase time per actor kind and E, with and without SPHERE, and the optimiser floor.
+
+    Paper-size actors (3x256 experts and gate, k=2, obs 51 / action 19), 2048 samples, minibatch 64,
+    `n_epochs` epochs, no early stop. For each E every timer runs once per round, rounds repeated
+    `repeats` times (interleaved: machine drift hits all alike); medians reported.
+    """
     rows = []
     for e in experts:
         common = [f"net.n_experts={e}", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]
-        timers = {
-            "topk_moe": _update_phase_timer(Config().override(common).validate()),
-            "topk_moe+sphere": _update_phase_timer(Config().override([*common, "reg.name=sphere"]).validate()),
-        }
-        times: dict[str, list[float]] = {k: [] for k in timers}
+        timers: dict[tuple[str, str], Callable[[], float]] = {}
+        for name, extra in variants.items():
+            for reg in ("none", "sphere"):
+                timers[(name, reg)] = _update_phase_timer(Config().override([*common, *extra, f"reg.name={reg}"]).validate())
+        timers[("optimizer floor", "none")] = _optimizer_floor_timer(Config().override([*common, "net.actor=topk_moe"]).validate())
+        times: dict[tuple[str, str], list[float]] = {k: [] for k in timers}
         for _ in range(repeats):
-            for name, timer in timers.items():
-                times[name].append(timer())
-        base, reg = statistics.median(times["topk_moe"]), statistics.median(times["topk_moe+sphere"])
-        row = {
-            "n_experts": e, "n_epochs": n_epochs, "minibatch_steps": n_epochs * 2048 // 64,
-            "baseline_s": base, "sphere_s": reg, "overhead_pct": 100.0 * (reg - base) / base,
-            "baseline_all_s": times["topk_moe"], "sphere_all_s": times["topk_moe+sphere"],
-        }
-        print(f"E={e:>3}: update phase Top-K MoE {base:.2f} s, + SPHERE {reg:.2f} s ({row['overhead_pct']:+.1f} %)", flush=True)
-        rows.append(row)
+            for key, timer in timers.items():
+                times[key].append(timer())
+        median = {k: statistics.median(v) for k, v in times.items()}
+        reference = median[("topk_moe dense-masked", "none")] if ("topk_moe dense-masked", "none") in median else None
+        for name in variants:
+            base, reg = median[(name, "none")], median[(name, "sphere")]
+            row = {
+                "actor": name, "n_experts": e, "n_epochs": n_epochs, "minibatch_steps": n_epochs * 2048 // 64,
+                "seconds": base, "sphere_seconds": reg, "sphere_overhead_pct": 100.0 * (reg - base) / base,
+                "vs_topk_dense_masked": base / reference if reference else None,
+                "optimizer_floor_seconds": median[("optimizer floor", "none")],
+                "all_seconds": times[(name, "none")], "all_sphere_seconds": times[(name, "sphere")],
+            }
+            rows.append(row)
+            print(f"E={e:>3} {name:<22} {base:6.2f} s  + SPHERE {reg:6.2f} s ({row['sphere_overhead_pct']:+5.1f} %)"
+                  + (f"  {row['vs_topk_dense_masked']:.2f}x Top-K dense-masked" if reference else ""), flush=True)
+        print(f"E={e:>3} optimizer floor (Top-K params) {median[('optimizer floor', 'none')]:6.2f} s", flush=True)
     return rows
 
 

@@ -1,0 +1,205 @@
+"""The SBX comparison: config mapping and report (no sbx/torch/mujoco needed) plus one end-to-end run when installed."""
+
+import flax.linen as nn
+import jax.numpy as jnp
+import pytest
+
+from sphere_rl.config import Config
+from sphere_rl.experiments import bench_sbx
+from sphere_rl.experiments.bench_sbx import (
+    bench_config,
+    child_environment,
+    compare_with_sbx,
+    gym_id_of,
+    jsonable,
+    markdown,
+    sbx_available,
+    sbx_env_kwargs,
+    sbx_kwargs,
+)
+
+HAND_WRITTEN = [
+    "seed=7",
+    "run.tasks=gym:Hopper-v5",
+    "net.actor=mlp",
+    "net.critic=mlp",
+    "net.hidden_sizes=128,64",
+    "net.critic_hidden_sizes=32",
+    "net.activation=tanh",
+    "net.log_std_init=-0.5",
+    "ppo.num_envs=8",
+    "ppo.n_steps=32",
+    "ppo.minibatch_size=128",
+    "ppo.n_epochs=3",
+    "ppo.gamma=0.98",
+    "ppo.gae_lambda=0.9",
+    "ppo.clip_range=0.1",
+    "ppo.ent_coef=0.01",
+    "ppo.vf_coef=0.7",
+    "ppo.max_grad_norm=1.5",
+    "ppo.lr=0.001",
+    "ppo.lr_final=0.001",
+    "ppo.adam_eps=1e-7",
+    "ppo.target_kl=none",
+    "ppo.normalize_advantage=false",
+    "ppo.normalize_obs=true",
+    "ppo.obs_clip=5.0",
+]
+
+
+def test_sbx_kwargs_maps_every_field():
+    cfg = Config().override(HAND_WRITTEN).validate()
+    assert sbx_kwargs(cfg) == {
+        "learning_rate": 0.001,
+        "n_steps": 32,
+        "batch_size": 128,
+        "n_epochs": 3,
+        "gamma": 0.98,
+        "gae_lambda": 0.9,
+        "clip_range": 0.1,
+        "clip_range_vf": None,
+        "normalize_advantage": False,
+        "ent_coef": 0.01,
+        "vf_coef": 0.7,
+        "max_grad_norm": 1.5,
+        "target_kl": None,
+        "seed": 7,
+        "device": "cpu",
+        "verbose": 0,
+        "policy_kwargs": {
+            "net_arch": {"pi": [128, 64], "vf": [32]},
+            "activation_fn": jnp.tanh,
+            "ortho_init": True,
+            "log_std_init": -0.5,
+            "optimizer_kwargs": {"eps": 1e-7},
+        },
+    }
+    assert sbx_env_kwargs(cfg) == {
+        "env_id": "Hopper-v5",
+        "n_envs": 8,
+        "seed": 7,
+        "vec_env_cls": "DummyVecEnv",
+        "vec_normalize": {"norm_obs": True, "norm_reward": False, "clip_obs": 5.0, "gamma": 0.98, "epsilon": 1e-8},
+    }
+
+
+def test_activation_is_ours_and_normalisation_off_means_no_vec_normalize():
+    cfg = Config().override([*HAND_WRITTEN, "net.activation=relu", "ppo.normalize_obs=false"]).validate()
+    assert sbx_kwargs(cfg)["policy_kwargs"]["activation_fn"] is nn.relu
+    assert sbx_env_kwargs(cfg)["vec_normalize"] is None
+    assert jsonable(sbx_kwargs(cfg))["policy_kwargs"]["activation_fn"] == "relu"
+
+
+@pytest.mark.parametrize("actor", ["topk_moe", "dense_moe", "ds_moe"])
+def test_sbx_kwargs_rejects_moe_actor(actor):
+    cfg = Config().override([*HAND_WRITTEN, f"net.actor={actor}"]).validate()
+    with pytest.raises(ValueError, match=rf"net\.actor='{actor}'.*dense MLP actor"):
+        sbx_kwargs(cfg)
+
+
+def test_sbx_kwargs_names_every_problem():
+    cfg = Config().override(["run.tasks=gym:Hopper-v5", "net.critic=topk_moe", "reg.name=sphere", "ppo.target_kl=0.03"])
+    with pytest.raises(ValueError) as err:
+        sbx_kwargs(cfg.validate())
+    message = str(err.value)
+    for name in ("net.actor='topk_moe'", "net.critic='topk_moe'", "reg.name='sphere'", "ppo.target_kl=0.03", "ppo.lr_final"):
+        assert name in message
+
+
+def test_sbx_env_kwargs_needs_one_gym_env():
+    with pytest.raises(ValueError, match="one Gymnasium env"):
+        sbx_env_kwargs(Config().override(["net.actor=mlp"]))  # default tasks: the arm6 sequence
+
+
+def test_bench_config_is_sbx_expressible_and_constant_lr():
+    cfg = bench_config("Hopper-v5", total_steps=4096, num_envs=8, overrides=["ppo.lr=0.002", "ppo.lr_final=0.0001"])
+    assert cfg.run.tasks == "gym:Hopper-v5"
+    assert (cfg.ppo.lr, cfg.ppo.lr_final) == (0.002, 0.002)
+    assert cfg.ppo.target_kl is None and cfg.net.actor == "mlp" and cfg.reg.name == "none"
+    assert cfg.ppo.num_envs == 8 and cfg.run.steps_per_task == 4096
+    assert cfg.run.eval_every > 4096 and not cfg.diag.enabled
+    assert (cfg.ppo.n_steps, cfg.ppo.minibatch_size, cfg.ppo.n_epochs) == (16, 64, 10)  # our defaults, both sides
+    assert cfg.net.hidden_sizes == (256, 256, 256) and cfg.net.activation == "relu"
+    sbx_kwargs(cfg)  # no error
+    assert bench_config("gym:Humanoid-v5", 4096, 8).run.tasks == "gym:Humanoid-v5"
+    assert gym_id_of("gym:Hopper-v5") == gym_id_of("Hopper-v5") == "Hopper-v5"
+
+
+def test_child_environment_has_no_compilation_cache(monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", "/tmp/somewhere")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    env = child_environment()
+    assert env["SPHERE_JAX_CACHE"] == "off" and "JAX_COMPILATION_CACHE_DIR" not in env
+    assert env["OMP_NUM_THREADS"] == "2"  # passed through unchanged, to both sides
+
+
+def test_timing_record():
+    rec = bench_sbx._timing_record(t_build=10.0, t_learn=12.0, t_end=20.0, iteration_ends=[16.0, 18.0, 20.0], batch_size=100)
+    assert rec["env_steps"] == 300 and rec["iterations"] == 3
+    assert rec["setup_s"] == 2.0 and rec["learn_s"] == 8.0 and rec["total_s"] == 10.0 and rec["first_iteration_s"] == 4.0
+    assert rec["end_to_end_steps_per_s"] == 30.0 and rec["learn_steps_per_s"] == 37.5
+    assert rec["steady_s"] == 4.0 and rec["steady_steps"] == 200 and rec["steady_steps_per_s"] == 50.0
+    single = bench_sbx._timing_record(0.0, 1.0, 2.0, [2.0], 10)
+    assert single["steady_steps_per_s"] is None
+
+
+def _side(e2e, steady, total, first):
+    return {"end_to_end_steps_per_s": e2e, "learn_steps_per_s": e2e, "steady_steps_per_s": steady, "total_s": total,
+            "setup_s": 1.0, "learn_s": total - 1.0, "first_iteration_s": first}
+
+
+def test_markdown_renders_hand_made_result():
+    result = {
+        "machine": {"processor": "x86_64", "cpu_count": 2, "jax": "0.10.2", "time": "2026-01-01T00:00:00"},
+        "versions": {"sbx-rl": "0.28.0", "stable-baselines3": "2.9.2", "torch": "2.13.0", "mujoco": "3.3.0"},
+        "env_id": "Hopper-v5",
+        "settings": {"env_steps": 32768, "num_envs": 16, "n_steps": 16, "minibatch_size": 64, "n_epochs": 10,
+                     "hidden_sizes": [256, 256, 256], "activation": "relu", "normalize_obs": True, "repeats": 3},
+        "ours": {"median": _side(1200.0, 1500.0, 27.3, 7.25)},
+        "sbx": {"median": _side(1000.0, 1000.0, 32.8, 8.0)},
+        "ratio_ours_over_sbx": {"end_to_end_steps_per_s": 1.2, "steady_steps_per_s": 1.5, "learn_steps_per_s": 1.2},
+        "raw": {"raw_sync_vector_env": {"steps_per_s": 5381.2}, "raw_dummy_vec_env": {"steps_per_s": 6044.0}},
+    }
+    text = markdown(result)
+    assert "sbx-rl 0.28.0, stable-baselines3 2.9.2, torch 2.13.0, mujoco 3.3.0" in text
+    assert "**Hopper-v5**: 32,768 env steps, 16 envs x 16 steps, minibatch 64, 10 epochs, MLP 256x256x256 relu" in text
+    assert "| env-steps/s end to end (compile included) | 1,200 | 1,000 | 1.20 |" in text
+    assert "| env-steps/s steady state (after iteration 1) | 1,500 | 1,000 | 1.50 |" in text
+    assert "| wall s (setup + training) | 27.3 | 32.8 | |" in text
+    assert "| first iteration s (compiles) | 7.2 | 8.0 | |" in text
+    assert "gymnasium SyncVectorEnv 5,381, SB3 DummyVecEnv 6,044 env-steps/s" in text
+    # missing steady state (one iteration) and no raw rows still render
+    result["ours"]["median"]["steady_steps_per_s"] = None
+    result["ratio_ours_over_sbx"]["steady_steps_per_s"] = None
+    del result["raw"]
+    text = markdown([result, result])
+    assert "| env-steps/s steady state (after iteration 1) | n/a | 1,000 | n/a |" in text
+    assert text.count("**Hopper-v5**") == 2 and "Simulator alone" not in text
+
+
+def test_sbx_available_is_a_bool():
+    assert isinstance(sbx_available(), bool)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sbx_available(), reason="needs the bench extra (sbx-rl, stable-baselines3, torch, mujoco)")
+def test_tiny_comparison_end_to_end():
+    small = ["net.hidden_sizes=32,32", "net.critic_hidden_sizes=32,32", "ppo.n_epochs=2"]
+    result = compare_with_sbx("Hopper-v5", total_steps=256, num_envs=4, repeats=1, overrides=small, verbose=False)
+    for side in ("ours", "sbx"):
+        (run,) = result[side]["runs"]
+        assert run["env_steps"] == 256 and run["iterations"] == 4 and run["batch_size"] == 64
+        assert run["steady_steps_per_s"] > 0 and run["end_to_end_steps_per_s"] > 0
+        assert run["total_s"] >= run["learn_s"] > 0
+    assert result["sbx"]["runs"][0]["threads"]["torch_num_threads"] >= 1
+    assert result["ours"]["runs"][0]["threads"]["torch_imported"] is False
+    assert result["sbx_kwargs"]["policy_kwargs"]["net_arch"] == {"pi": [32, 32], "vf": [32, 32]}
+    assert result["ratio_ours_over_sbx"]["steady_steps_per_s"] > 0
+    assert set(result["raw"]) == {"raw_sync_vector_env", "raw_dummy_vec_env"}
+    assert "**Hopper-v5**: 256 env steps" in markdown(result)
+
+
+def test_compare_without_extra_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(bench_sbx, "sbx_available", lambda: False)
+    with pytest.raises(RuntimeError, match=r"constraints-bench\.txt"):
+        compare_with_sbx("Hopper-v5", total_steps=256, num_envs=4)
