@@ -18,7 +18,7 @@ from sphere_rl.config import NetConfig
 from sphere_rl.diagnostics.spectral import routing_weighted_features
 from sphere_rl.nets.grouped import grouped_matmul, permute_rows
 from sphere_rl.nets.moe import with_dense_dispatch
-from sphere_rl.regularizers.sphere import feature_loss
+from sphere_rl.regularizers.sphere import assignment_gram, feature_loss
 
 OBS_DIM, ACTION_DIM = 6, 3
 NET = NetConfig(hidden_sizes=(16, 12), gate_hidden_sizes=(8,), critic_hidden_sizes=(8,), n_experts=6, top_k=2, n_shared=2)
@@ -206,3 +206,15 @@ def test_sparse_dispatch_compiles_once_for_any_routing():
     for seed in range(4):
         apply(params, jax.random.normal(jax.random.PRNGKey(seed), (24, OBS_DIM)) * (seed + 1))
     assert len(traces) == 1
+
+
+@pytest.mark.parametrize("kind", ["topk_moe", "ds_moe"])
+def test_assignment_gram_equals_phi_phi_transpose(kind):
+    """SPHERE's sparse path: the Gram from assignments equals Phi Phi^T built from the dense layout."""
+    sparse, _ = _actors(kind, NET)
+    obs = jax.random.normal(jax.random.PRNGKey(8), (29, OBS_DIM)) * 3.0
+    features = jax.jit(sparse.apply)(_init_params(kind, NET), obs).features
+    assert features.assignments is not None
+    for layer in range(len(NET.hidden_sizes)):
+        phi = np.asarray(routing_weighted_features(features, layer), np.float64)
+        np.testing.assert_allclose(assignment_gram(features, layer), phi @ phi.T, rtol=1e-5, atol=1e-6)

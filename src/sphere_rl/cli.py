@@ -180,13 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("presets", help="list named config presets")
     p.set_defaults(func=cmd_presets)
 
-    p = sub.add_parser("bench", help="benchmarks: update-phase time, SPHERE overhead, training throughput, eNTK cost")
+    p = sub.add_parser("bench", help="benchmarks: update-phase time, SPHERE overhead, training throughput, eNTK cost, SBX comparison")
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
-    p.add_argument("--suite", action="append", choices=["update", "ntk"],
-                   help="run only this suite (repeatable): update = update phase, SPHERE overhead, throughput; "
-                        "ntk = cost of r_e(K). Default: all")
+    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx"],
+                   help="run only this suite (repeatable): update = update phase per actor kind and E, SPHERE "
+                        "overhead, throughput; ntk = cost of r_e(K); sbx = env-steps/s against SBX PPO on Hopper-v5 "
+                        "and Humanoid-v5 (bench extra). Default: all")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")

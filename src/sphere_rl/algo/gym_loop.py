@@ -64,10 +64,12 @@ class GymLoop:
             agent_state = agent_state.replace(obs_rms=agent_state.obs_rms.update(next_obs))
         return agent_state, bootstrap
 
-    def _observe_and_act_fn(self, agent_state: AgentState, next_obs: jax.Array, final_obs: jax.Array,
+    def _observe_and_act_fn(self, acting: AgentState, next_obs: jax.Array, final_obs: jax.Array,
                             truncated: jax.Array, terminated: jax.Array, key: jax.Array):
-        agent_state, bootstrap = self._observe(agent_state, next_obs, final_obs, truncated, terminated)
-        return agent_state, bootstrap, self._act_fn(agent_state, next_obs, key)
+        """Returns only what changes (normaliser, bootstrap, policy output): passing parameters through a
+        jitted call would copy them every step."""
+        acting, bootstrap = self._observe(acting, next_obs, final_obs, truncated, terminated)
+        return acting.obs_rms, bootstrap, self._act_fn(acting, next_obs, key)
 
     def _finish_fn(self, agent_state: AgentState, traj: Trajectory, bootstrap: jax.Array, last_step: tuple[jax.Array, ...],
                    key: jax.Array, learning_rate: jax.Array):
@@ -94,7 +96,8 @@ class GymLoop:
         p = self.cfg.ppo
         low, high = self.env.single_action_space.low, self.env.single_action_space.high
         keys = jax.random.split(carry.key, p.n_steps + 2)
-        policy = self._act(agent_state, carry.raw_obs, keys[0])
+        acting = agent_state.replace(opt_state=None)  # what acting reads: parameters and normaliser
+        policy = self._act(acting, carry.raw_obs, keys[0])
         ep_ret = np.asarray(carry.episode_return, np.float32)
         ep_len = np.asarray(carry.episode_length, np.int32)
         steps: list[tuple[np.ndarray, ...]] = []
@@ -112,8 +115,10 @@ class GymLoop:
             observed = (np.asarray(next_obs, np.float32), np.asarray(_final_observations(info, next_obs), np.float32),
                         np.asarray(truncated), np.asarray(terminated))
             if t < p.n_steps - 1:
-                agent_state, bootstrap, policy = self._observe_and_act(agent_state, *observed, keys[t + 1])
+                obs_rms, bootstrap, policy = self._observe_and_act(acting, *observed, keys[t + 1])
+                acting = acting.replace(obs_rms=obs_rms)
                 bootstraps.append(bootstrap[None])
+        agent_state = agent_state.replace(obs_rms=acting.obs_rms)
         traj = Trajectory(*(np.stack(column) for column in zip(*steps)))
         agent_state, metrics = self._finish(agent_state, traj, jnp.concatenate(bootstraps), observed, keys[-2], learning_rate)
         carry = GymCarry(jnp.asarray(observed[0]), keys[-1], jnp.asarray(ep_ret), jnp.asarray(ep_len))
@@ -122,6 +127,7 @@ class GymLoop:
     def evaluate(self, agent_state: AgentState, env_params: Any, key: jax.Array) -> dict[str, Any]:
         """Deterministic policy on a fresh vector env of `eval_episodes` envs; first episode of each scored."""
         n = self.cfg.run.eval_episodes
+        acting = agent_state.replace(opt_state=None)
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
         env = self.make_env(n, seed)
         try:
@@ -131,7 +137,7 @@ class GymLoop:
             ret = np.zeros(n, np.float64)
             success = np.zeros(n, bool)
             while not finished.all():
-                _, action, _, _ = self._act(agent_state, jnp.asarray(obs, jnp.float32), key, deterministic=True)
+                _, action, _, _ = self._act(acting, jnp.asarray(obs, jnp.float32), key, deterministic=True)
                 obs, reward, terminated, truncated, info = env.step(np.clip(np.asarray(action), low, high))
                 ret += np.where(finished, 0.0, reward)
                 done_now = np.logical_and(np.logical_or(terminated, truncated), ~finished)
@@ -147,6 +153,7 @@ class GymLoop:
         Shape (n_steps * num_envs, obs_dim); the training env is untouched.
         """
         n = self.cfg.ppo.num_envs
+        acting = agent_state.replace(opt_state=None)
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
         env = self.make_env(n, seed)
         states = []
@@ -155,7 +162,7 @@ class GymLoop:
             low, high = env.single_action_space.low, env.single_action_space.high
             for step_key in jax.random.split(key, n_steps):
                 states.append(np.asarray(obs, np.float32).reshape(n, -1))
-                _, action, _, _ = self._act(agent_state, jnp.asarray(obs, jnp.float32), step_key)
+                _, action, _, _ = self._act(acting, jnp.asarray(obs, jnp.float32), step_key)
                 obs, *_ = env.step(np.clip(np.asarray(action), low, high))
         finally:
             env.close()

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from sphere_rl.config import NetConfig
 from sphere_rl.nets.grouped import permute_rows
 from sphere_rl.nets.layers import GATE_HEAD_GAIN, POLICY_HEAD_GAIN, VALUE_HEAD_GAIN, MLPTrunk, StackedMLP, dense
-from sphere_rl.nets.outputs import ActorOutput, CriticOutput, Features
+from sphere_rl.nets.outputs import ActorOutput, Assignments, CriticOutput, Features
 from sphere_rl.nets.routing import ROUTERS, Routing, load_balance_loss
 
 
@@ -58,6 +58,8 @@ class ExpertPass(NamedTuple):
     """(E, B, out) expert head outputs (zero where an expert did not see a state, sparse dispatch)."""
     mixed: jax.Array
     """(B, out) sum_e gates[b, e] * outputs[e, b]."""
+    assignments: Assignments | None = None
+    """Sparse dispatch: the routed results per assignment (see `Features.assignments`)."""
 
 
 ExpertsFactory = Callable[[nn.Module], StackedMLP]
@@ -103,14 +105,16 @@ def sparse_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array
     mixed = jnp.einsum("bk,bko->bo", kept_gates, outputs_bk)
     states = jnp.arange(n_states)[:, None]
     to_experts = lambda h: jnp.zeros((n_routed, n_states, h.shape[-1]), h.dtype).at[index, states].set(h, unique_indices=True)
-    hidden = tuple(to_experts(per_assignment(h)) for h in hidden_rows)
+    hidden_bk = tuple(per_assignment(h) for h in hidden_rows)
+    assignments = Assignments(index=index, gates=kept_gates, hidden=hidden_bk)
+    hidden = tuple(to_experts(h) for h in hidden_bk)
     outputs = to_experts(outputs_bk)
     if n_shared:
         shared_hidden, shared_outputs = experts(obs, members=(0, n_shared))
         hidden = tuple(jnp.concatenate([s, r]) for s, r in zip(shared_hidden, hidden))
         outputs = jnp.concatenate([shared_outputs, outputs])
         mixed = mixed + shared_outputs.sum(axis=0)
-    return ExpertPass(hidden, outputs, mixed)
+    return ExpertPass(hidden, outputs, mixed, assignments)
 
 
 DISPATCHERS: dict[str, Dispatcher] = {"dense": dense_dispatch, "sparse": sparse_dispatch}
@@ -176,6 +180,7 @@ class MoEBody(nn.Module):
             logits=logits,
             probs=routing.probs,
             expert_outputs=expert_pass.outputs,
+            assignments=expert_pass.assignments,
             n_shared=spec.n_shared,
         )
         return mixed, features, aux_loss

@@ -12,6 +12,9 @@ Layout conventions (all arrays, batch size B, action dim A, hidden width H_l of 
   routed experts (used by load balancing, routing entropy, the routing penalty). None for a dense MLP.
 - `Features.expert_outputs` (E, B, A): every expert's head output before mixing (None for a dense MLP).
 - `Features.n_shared`: how many leading experts in `hidden`/`gates` are shared (DS-MoE), else 0.
+- `Features.assignments`: under sparse dispatch, the routed experts' results per (state, slot)
+  assignment, the compact form of `hidden`/`gates` that SPHERE reads without materialising (E, B, H);
+  None otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ from typing import NamedTuple, Optional
 import jax
 
 
+class Assignments(NamedTuple):
+    """The B x k (state, routed expert) assignments of a Top-K router and what each expert computed."""
+
+    index: jax.Array
+    """(B, k) routed expert of each assignment (0-based among routed experts; distinct per state)."""
+    gates: jax.Array
+    """(B, k) gate weight of each assignment."""
+    hidden: tuple[jax.Array, ...]
+    """Per hidden layer (B, k, H_l): the assigned expert's post-activation features."""
+
+
 class Features(NamedTuple):
     hidden: tuple[jax.Array, ...]
     gates: jax.Array
@@ -28,6 +42,7 @@ class Features(NamedTuple):
     probs: Optional[jax.Array] = None
     expert_outputs: Optional[jax.Array] = None
     n_shared: int = 0
+    assignments: Optional[Assignments] = None
 
 
 class ActorOutput(NamedTuple):

@@ -6,7 +6,8 @@ Numerics (float32): the textbook form subtracts two large, nearly equal numbers 
 isotropic. We use algebraically identical forms that are sums of squares instead, so the value is
 non-negative by construction and free of that cancellation:
 - feature space (D <= T, O(T D^2)): sum of squares of A - (Tr A / D) I;
-- batch space (D > T, O(T^2 D)): with G = Phi Phi^T / T (same nonzero eigenvalues as A) and
+- batch space (D > T, O(T^2 D); under sparse dispatch O((T k)^2 H) from the assignments, see
+  `assignment_gram`): with G = Phi Phi^T / T (same nonzero eigenvalues as A) and
   m = Tr G / D, L = ||G - m I_T||_F^2 + (D - T) m^2 (the D - T zero eigenvalues of A each add m^2).
   The formula is exact for any shape, but for D < T the last term is a subtraction, so forced
   batch-space calls in that regime clip round-off below 0 (`sphere_loss` never takes that path).
@@ -44,14 +45,38 @@ def sphere_loss_feature_space(phi: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(centred))
 
 
-def sphere_loss_batch_space(phi: jax.Array) -> jax.Array:
-    """L(Phi) through the T x T matrix G = Phi Phi^T / T (cheaper when D > T)."""
-    n_rows, n_cols = phi.shape
-    g = jnp.matmul(phi, phi.T, precision=_HIGHEST) / n_rows
+def sphere_loss_from_gram(gram: jax.Array, n_cols: int) -> jax.Array:
+    """L(Phi) from the T x T inner products Phi Phi^T (unnormalised) and the width D of Phi."""
+    n_rows = gram.shape[0]
+    g = gram / n_rows
     mean_eigenvalue = jnp.trace(g) / n_cols
     centred = g - mean_eigenvalue * jnp.eye(n_rows, dtype=g.dtype)
     value = jnp.sum(jnp.square(centred)) + (n_cols - n_rows) * jnp.square(mean_eigenvalue)
     return jnp.maximum(value, 0.0)  # only D < T (not the intended regime) subtracts; clip its round-off
+
+
+def sphere_loss_batch_space(phi: jax.Array) -> jax.Array:
+    """L(Phi) through the T x T matrix G = Phi Phi^T / T (cheaper when D > T)."""
+    return sphere_loss_from_gram(jnp.matmul(phi, phi.T, precision=_HIGHEST), phi.shape[1])
+
+
+def assignment_gram(features: Features, layer: int) -> jax.Array:
+    """Phi Phi^T (T x T) of the concatenated routing-weighted features, from sparse dispatch's assignments.
+
+    Two states' routed features meet only where they share an expert, so with Psi = g * h per
+    assignment (T, k, H): (Phi Phi^T)[b, c] = sum over slot pairs (j, i) with the same expert of
+    <Psi[b, j], Psi[c, i]>, plus the shared experts' (gate 1) inner products. This costs
+    (T k)^2 H instead of T^2 E H and never builds the (T, E H) matrix Phi.
+    """
+    assigned = features.assignments
+    psi = assigned.hidden[layer] * assigned.gates[..., None].astype(assigned.hidden[layer].dtype)
+    same_expert = assigned.index[:, :, None, None] == assigned.index[None, None, :, :]  # (T, k, T, k)
+    products = jnp.einsum("bjh,cih->bjci", psi, psi, precision=_HIGHEST)
+    gram = jnp.sum(jnp.where(same_expert, products, 0.0), axis=(1, 3))
+    if features.n_shared:
+        shared = features.hidden[layer][: features.n_shared]
+        gram = gram + jnp.einsum("sbh,sch->bc", shared, shared, precision=_HIGHEST)
+    return gram
 
 
 def sphere_loss(phi: jax.Array) -> jax.Array:
@@ -68,6 +93,10 @@ def routing_loss(probs: jax.Array) -> jax.Array:
 def layer_loss(features: Features, layer: int, form: str) -> jax.Array:
     """SPHERE loss of one hidden layer: on the concatenated Phi, or summed over experts."""
     if form == "concat":
+        n_rows = features.gates.shape[0]
+        n_cols = features.hidden[layer].shape[0] * features.hidden[layer].shape[-1]
+        if features.assignments is not None and n_cols > n_rows:
+            return sphere_loss_from_gram(assignment_gram(features, layer), n_cols)
         return sphere_loss(routing_weighted_features(features, layer))
     if form == "per_expert":
         return jnp.sum(jax.vmap(sphere_loss)(routing_weighted_expert_features(features, layer)))
