@@ -203,3 +203,17 @@ def test_compare_without_extra_says_how_to_install(monkeypatch):
     monkeypatch.setattr(bench_sbx, "sbx_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"constraints-bench\.txt"):
         compare_with_sbx("Hopper-v5", total_steps=256, num_envs=4)
+
+
+def test_bench_markdown_renders_the_update_table():
+    from sphere_rl.experiments.bench import BENCH_SUITES, bench_markdown
+
+    assert set(BENCH_SUITES) == {"update", "ntk", "sbx"}
+    row = {"actor": "topk_moe sparse", "n_experts": 10, "n_epochs": 10, "minibatch_steps": 320, "seconds": 2.0,
+           "sphere_seconds": 2.1, "sphere_overhead_pct": 5.0, "vs_topk_dense_masked": 0.5, "optimizer_floor_seconds": 0.8}
+    results = {"machine": {"processor": "x86_64", "cpu_count": 2, "devices": ["cpu:0"], "jax": "0.10.2", "time": "t"},
+               "update_phase": [row], "dense_update": {"seconds": 0.5}}
+    text = bench_markdown(results)
+    assert "| topk_moe sparse | 10 | 2.00 | 0.50x | 2.10 | +5.0 % | 0.80 |" in text
+    assert "| dense 3x256 (official PPO) | | 0.50 |" in text
+    assert "320 minibatch steps" in text

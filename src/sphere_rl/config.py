@@ -47,7 +47,8 @@ class NetConfig:
     load_balance_coef: float = 0.0
     """Weight of the auxiliary load-balancing loss (Switch-Transformer form); 0 disables it."""
     dispatch: str = "sparse"
-    """How Top-K experts are evaluated: `dense` (all experts, masked; the official way)."""
+    """How Top-K experts are evaluated: `sparse` (only the selected experts, exact) or `dense`
+    (all experts, masked; the official way and the test reference)."""
 
 
 @dataclass(frozen=True)
