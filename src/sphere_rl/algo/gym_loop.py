@@ -2,10 +2,10 @@
 
 Per vector step the env steps on the host, then a single jitted call does everything the agent
 needs: the bootstrap value of truncated episodes, the observation normaliser's update, and the
-policy's action for the next step; an iteration of T steps makes T + 1 jitted calls (the first
-action, T - 1 observe-and-act steps, and GAE + update phase fused with the last observation). The env itself lives
-on the host, so its state is not part of a checkpoint: a resumed run resets the vector env
-(documented in docs/run_directory.md); JAX-native envs resume bit-exactly.
+policy's action for the next step. An iteration of T steps makes T + 1 jitted calls: the first
+action, T - 1 observe-and-act steps, and the GAE + update phase fused with the last observation.
+The env itself lives on the host, so its state is not part of a checkpoint: a resumed run resets
+the vector env (documented in docs/run_directory.md); JAX-native envs resume bit-exactly.
 """
 
 from __future__ import annotations

@@ -46,20 +46,25 @@ def _random_batch(cfg: Config, obs_dim: int, act_dim: int, seed: int = 0) -> Bat
     return Batch(arr(n, obs_dim), arr(n, act_dim), arr(n) - 20.0, arr(n), arr(n))
 
 
+def _wall_timer(run: Callable[[], Any]) -> Callable[[], float]:
+    """A function that calls `run` and returns its wall time; `run` is called once here to compile it."""
+    jax.block_until_ready(run())
+
+    def once() -> float:
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        return time.perf_counter() - start
+
+    return once
+
+
 def _update_phase_timer(cfg: Config) -> Callable[[], float]:
-    """A function that runs one full update phase and returns its wall time (after a warm-up compile)."""
+    """Wall time of one full update phase on a random batch."""
     ppo = PPO(cfg, H1_OBS, H1_ACT)
     state = ppo.init(jax.random.PRNGKey(0))
     batch = _random_batch(cfg, H1_OBS, H1_ACT)
     lr = jnp.float32(cfg.ppo.lr)
-    jax.block_until_ready(ppo.update_phase(state, batch, jax.random.PRNGKey(1), lr))
-
-    def once() -> float:
-        start = time.perf_counter()
-        jax.block_until_ready(ppo.update_phase(state, batch, jax.random.PRNGKey(2), lr))
-        return time.perf_counter() - start
-
-    return once
+    return _wall_timer(lambda: ppo.update_phase(state, batch, jax.random.PRNGKey(2), lr))
 
 
 def _optimizer_floor_timer(cfg: Config) -> Callable[[], float]:
@@ -80,14 +85,7 @@ def _optimizer_floor_timer(cfg: Config) -> Callable[[], float]:
 
         return jax.lax.scan(step, state, jnp.arange(n_steps, dtype=jnp.float32))[0]
 
-    jax.block_until_ready(run(state))
-
-    def once() -> float:
-        start = time.perf_counter()
-        jax.block_until_ready(run(state))
-        return time.perf_counter() - start
-
-    return once
+    return _wall_timer(lambda: run(state))
 
 
 UPDATE_VARIANTS: dict[str, list[str]] = {

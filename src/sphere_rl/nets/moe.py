@@ -62,21 +62,17 @@ class ExpertPass(NamedTuple):
     """Sparse dispatch: the routed results per assignment (see `Features.assignments`)."""
 
 
-ExpertsFactory = Callable[[nn.Module], StackedMLP]
-"""Builds the expert stack as a child of the given module (the same parameters at every call)."""
-Dispatcher = Callable[[nn.Module, ExpertsFactory, jax.Array, jax.Array, Routing, MoESpec], ExpertPass]
+Dispatcher = Callable[[StackedMLP, jax.Array, jax.Array, Routing, MoESpec], ExpertPass]
 
 
-def dense_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array, gates: jax.Array,
-                   routing: Routing, spec: MoESpec) -> ExpertPass:
+def dense_dispatch(experts: StackedMLP, obs: jax.Array, gates: jax.Array, routing: Routing, spec: MoESpec) -> ExpertPass:
     """Evaluate every expert on every state; unselected experts are masked by their zero gate (official)."""
     del routing, spec
-    hidden, outputs = make_experts(mdl)(obs)
+    hidden, outputs = experts(obs)
     return ExpertPass(hidden, outputs, jnp.einsum("be,ebo->bo", gates, outputs))
 
 
-def sparse_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array, gates: jax.Array,
-                    routing: Routing, spec: MoESpec) -> ExpertPass:
+def sparse_dispatch(experts: StackedMLP, obs: jax.Array, gates: jax.Array, routing: Routing, spec: MoESpec) -> ExpertPass:
     """Evaluate each routed expert only on the states routed to it; the dense-masked result exactly.
 
     The B * k (state, expert) assignments are sorted by expert and pushed through the experts with
@@ -86,9 +82,8 @@ def sparse_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array
     when something reads them, e.g. SPHERE). Shared experts (DS-MoE) see every state. With every
     expert selected (softmax router, or k = E) this is `dense_dispatch`.
     """
-    if routing.index is None or spec.top_k >= spec.n_experts or mdl.is_initializing():
-        # Initialising through the dense path gives the parameters (and random draws) of dense dispatch.
-        return dense_dispatch(mdl, make_experts, obs, gates, routing, spec)
+    if routing.index is None or spec.top_k >= spec.n_experts:
+        return dense_dispatch(experts, obs, gates, routing, spec)
     n_states, n_shared, n_routed = obs.shape[0], spec.n_shared, spec.n_experts
     index = jax.lax.stop_gradient(routing.index)
     top_k = index.shape[1]
@@ -97,7 +92,6 @@ def sparse_dispatch(mdl: nn.Module, make_experts: ExpertsFactory, obs: jax.Array
     inverse = jnp.argsort(order)
     group_sizes = jnp.bincount(expert, length=n_routed)
     rows = obs[order // top_k]
-    experts = make_experts(mdl)
     hidden_rows, output_rows = experts(rows, members=(n_shared, n_shared + n_routed), groups=(group_sizes, expert[order]))
     per_assignment = lambda h: permute_rows(h, inverse, order).reshape(n_states, top_k, -1)
     outputs_bk = per_assignment(output_rows)
@@ -156,18 +150,17 @@ class MoEBody(nn.Module):
         shared_gates = jnp.ones((obs.shape[0], spec.n_shared), routing.gates.dtype)
         gates = jnp.concatenate([shared_gates, routing.gates], axis=-1)
 
-        def make_experts(parent: nn.Module) -> StackedMLP:
-            return StackedMLP(
-                n_stack=spec.n_shared + spec.n_experts,
-                hidden_sizes=spec.hidden_sizes,
-                out_dim=self.out_dim,
-                head_gain=self.head_gain,
-                activation=spec.activation,
-                parent=parent,
-                name="experts",
-            )
-
-        expert_pass = DISPATCHERS[spec.dispatch](self, make_experts, obs, gates, routing, spec)
+        experts = StackedMLP(
+            n_stack=spec.n_shared + spec.n_experts,
+            hidden_sizes=spec.hidden_sizes,
+            out_dim=self.out_dim,
+            head_gain=self.head_gain,
+            activation=spec.activation,
+            name="experts",
+        )
+        # Initialise through the dense path: the same parameters (and random draws) whatever the dispatch.
+        dispatch = "dense" if self.is_initializing() else spec.dispatch
+        expert_pass = DISPATCHERS[dispatch](experts, obs, gates, routing, spec)
         mixed = expert_pass.mixed
 
         if spec.load_balance_coef > 0:
