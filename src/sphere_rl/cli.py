@@ -96,8 +96,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
     print("Environments:")
     for spec in envs.list_envs():
         kind = "jax" if spec.jax_native else "gym"
-        print(f"  {spec.id:<28} [{kind}] {spec.description}")
-    print("  gym:<Gymnasium id>             [gym] any installed Gymnasium env through the vector adapter")
+        print(f"  {spec.id:<40} [{kind}] {spec.description}")
+    print("  gym:<Gymnasium id>                         [gym] any installed Gymnasium env through the vector adapter")
     print("Task sequences:")
     for name, seq in envs.list_sequences().items():
         print(f"  {name:<12} {' -> '.join(seq.env_ids)}")

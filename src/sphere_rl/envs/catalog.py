@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from sphere_rl.envs.arm import ARM, ARM_SEQUENCES, ARM_TASKS
 from sphere_rl.envs.functional import FunctionalTask
+from sphere_rl.envs.metaworld import CW10_TASKS, METAWORLD_TASKS, MetaWorldEnv
 from sphere_rl.envs.registry import register, register_sequence
 
 for _task in ARM_TASKS.values():
@@ -11,3 +14,15 @@ for _task in ARM_TASKS.values():
 
 for _name, (_env_ids, _description) in ARM_SEQUENCES.items():
     register_sequence(_name, _env_ids, _description)
+
+for _task in METAWORLD_TASKS:
+    register(f"metaworld/{_task}-v3", partial(MetaWorldEnv, _task),
+             description=f"MetaWorld v3 {_task}, goal-observable, one fixed variation (Continual World)", family="metaworld")
+    register(f"metaworld-mt1/{_task}-v3", partial(MetaWorldEnv, _task, variation="mt1"),
+             description=f"MetaWorld v3 {_task}, goal-observable, one of MT1's 50 variations per episode", family="metaworld")
+
+_CW10 = tuple(f"metaworld/{task}-v3" for task in CW10_TASKS)
+register_sequence("cw10", _CW10, "Continual World CW10: 10 MetaWorld v3 tasks, one fixed variation each")
+register_sequence("cw20", _CW10 + _CW10, "Continual World CW20: CW10 twice")
+register_sequence("cw10-mt1", tuple(f"metaworld-mt1/{task}-v3" for task in CW10_TASKS),
+                  "CW10 with MT1 variations (a new object/goal placement every episode)")

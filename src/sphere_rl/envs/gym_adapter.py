@@ -56,6 +56,11 @@ class GymVectorAdapter(VectorWrapper):
         self._seeded = False
         spec = self.env.get_attr("spec")[0]
         self.max_episode_steps: int | None = getattr(spec, "max_episode_steps", None)
+        if self.max_episode_steps is None:  # unregistered envs (e.g. MetaWorld) may state it themselves
+            try:
+                self.max_episode_steps = self.env.get_attr("max_episode_steps")[0]
+            except AttributeError:
+                pass
         self.env_family: str | None = None
 
     def reset(
