@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,6 +130,12 @@ class RunConfig:
     """Episodes per evaluation, deterministic policy (action mean)."""
     eval_all_tasks: bool = True
     """CRL: evaluate every task seen so far, not only the current one (needed for forgetting)."""
+    eval_future_tasks: bool = False
+    """CRL with `eval_all_tasks`: also evaluate tasks not trained yet (Continual World evaluates all tasks)."""
+    reference_run: str = ""
+    """CRL: a finished `rl` run directory over the same tasks and budget, for forward transfer."""
+    async_envs: bool = False
+    """Gymnasium envs: step the sub-envs in subprocesses (gymnasium AsyncVectorEnv); worth it with many cores."""
     log_every: int = 20_000
     """Write a training-metrics row every this many env steps."""
     checkpoint_every: int = 200_000
@@ -379,6 +386,10 @@ def _validate(cfg: Config) -> None:
            f"must be >= one rollout (num_envs * n_steps = {cfg.batch_size})", run.steps_per_task)
     for fname in ("eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(run, fname) >= 1, f"run.{fname}", "must be >= 1", getattr(run, fname))
+    if run.reference_run:
+        summary = os.path.join(run.reference_run, "summary.json")
+        _check(os.path.isfile(summary), "run.reference_run", "must be a finished run directory (with summary.json)",
+               run.reference_run)
 
     d = cfg.diag
     _check(d.every >= 0, "diag.every", "must be >= 0 (0: at every evaluation)", d.every)

@@ -23,12 +23,15 @@ from sphere_rl.algo.gym_loop import GymLoop
 from sphere_rl.algo.jax_loop import JaxLoop
 from sphere_rl.algo.ppo import PPO
 from sphere_rl.config import Config
+from sphere_rl.protocols.continual_metrics import ContinualMetrics, continual_metrics, reference_curves
 from sphere_rl.protocols.diagnostics import RunDiagnostics
 from sphere_rl.runs import RunDir
+from sphere_rl.runs.atomic import atomic_write_text
 from sphere_rl.runs.checkpoint import read_checkpoint_meta
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
 _INIT, _TASK, _EVAL, _PROBE = 0, 1, 2, 3
+CONTINUAL_METRICS_FILE = "continual_metrics.csv"
 EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
 
 
@@ -53,6 +56,10 @@ class RunResult:
     """Top `diag.n_top` eigenvalues of K at the end of each task (the report's ellipsoids)."""
     task_end_diagnostics: list[dict[str, float]] = dataclasses.field(default_factory=list)
     """Every diagnostics metric at the end of each task (the diagnostics.csv row)."""
+    task_curves: list[list[list[float]]] = dataclasses.field(default_factory=list)
+    """task_curves[i]: `[task_step, success]` of every evaluation of task i during its own training."""
+    continual: dict[str, Any] | None = None
+    """CRL: Continual World averages (average performance, forgetting, forward transfer); rows in continual_metrics.csv."""
 
     @property
     def average_success(self) -> float:
@@ -104,8 +111,12 @@ class Runner:
                 shared = next((lp for lp, _ in self._loops.values() if isinstance(lp, JaxLoop) and lp.env is env), None)
                 self._loops[task] = (shared or JaxLoop(self.ppo, env), params)
             else:
-                self._loops[task] = (GymLoop(self.ppo, lambda n, seed, t=task: envs.make(t, num_envs=n, seed=seed)), None)
+                self._loops[task] = (GymLoop(self.ppo, self._vector_env_factory(task)), None)
         return self._loops[task]
+
+    def _vector_env_factory(self, task: str) -> Any:
+        options = {"asynchronous": True} if self.cfg.run.async_envs else {}
+        return lambda n, seed: envs.make(task, num_envs=n, seed=seed, **options)
 
     def _task_key(self, task_index: int) -> jax.Array:
         return jax.random.fold_in(jax.random.fold_in(self.base_key, _TASK), task_index)
@@ -168,7 +179,7 @@ class Runner:
         total_steps = iterations * batch * len(self.tasks)
         state: dict[str, Any] = {
             "task_index": 0, "iteration": 0, "env_step": 0, "window": {}, "wall_time": 0.0,
-            "final": [], "matrix": [], "proxy": [], "ntk_rank": [], "ntk_top": [], "task_end_diag": [],
+            "final": [], "matrix": [], "proxy": [], "ntk_rank": [], "ntk_top": [], "task_end_diag": [], "curves": [],
         }
         agent = carry = None
         logger = None
@@ -240,13 +251,33 @@ class Runner:
             ntk_rank=state.get("ntk_rank", []),
             ntk_top_eigenvalues=state.get("ntk_top", []),
             task_end_diagnostics=state.get("task_end_diag", []),
+            task_curves=state.get("curves", []),
         )
+        if cfg.run.protocol == "crl" and len(result.success_matrix) == len(self.tasks):
+            metrics = self.continual_metrics(result)
+            result.continual = metrics.summary()
+            if self.run_dir is not None:
+                atomic_write_text(self.run_dir.root / CONTINUAL_METRICS_FILE, metrics.to_csv())
         if self.run_dir is not None:
             self.run_dir.mark_complete(result.to_dict())
         return result
 
+    def continual_metrics(self, result: RunResult) -> ContinualMetrics:
+        """Continual World metrics of a finished CRL run (forward transfer needs `run.reference_run`)."""
+        task_steps = self.cfg.iterations_per_task * self.cfg.batch_size
+        reference = self.cfg.run.reference_run
+        curves = reference_curves(reference, task_steps) if reference else None
+        return continual_metrics(result.tasks, result.success_matrix, result.task_curves, task_steps, curves, reference or None)
+
     def _evaluate_seen(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
-        seen = range(t + 1) if (self.cfg.run.protocol == "crl" and self.cfg.run.eval_all_tasks) else [t]
+        run = self.cfg.run
+        if run.protocol == "crl" and run.eval_all_tasks:
+            seen = range(len(self.tasks) if run.eval_future_tasks else t + 1)
+        else:
+            seen = [t]
+        curves = state.setdefault("curves", [])
+        while len(curves) <= t:
+            curves.append([])
         row_at_end: list[float | None] = [None] * len(self.tasks)
         for j in seen:
             result = self.evaluate(agent, j)
@@ -257,8 +288,10 @@ class Runner:
                     "eval_task_index": j, "eval_task": self.tasks[j], **result,
                 })
             row_at_end[j] = result["success"]
-            if task_end and j == t:
-                state["final"].append(result)
+            if j == t:
+                curves[t].append([state["iteration"] * self.cfg.batch_size, result["success"]])
+                if task_end:
+                    state["final"].append(result)
         if task_end:
             state["matrix"].append(row_at_end)
 
