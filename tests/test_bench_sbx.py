@@ -1,13 +1,15 @@
-"""The SBX comparison: config mapping and report (no sbx/torch/mujoco needed) plus one end-to-end run when installed."""
+"""The SBX comparison: env resolution, config mapping and report (no sbx/torch needed) plus end-to-end runs when installed."""
 
 import flax.linen as nn
 import jax.numpy as jnp
 import pytest
 
+from sphere_rl import envs
 from sphere_rl.config import Config
-from sphere_rl.experiments import bench_sbx
+from sphere_rl.experiments import bench, bench_sbx
 from sphere_rl.experiments.bench_sbx import (
     bench_config,
+    bench_env,
     child_environment,
     compare_with_sbx,
     gym_id_of,
@@ -109,6 +111,49 @@ def test_sbx_kwargs_names_every_problem():
 def test_sbx_env_kwargs_needs_one_gym_env():
     with pytest.raises(ValueError, match="one Gymnasium env"):
         sbx_env_kwargs(Config().override(["net.actor=mlp"]))  # default tasks: the arm6 sequence
+    with pytest.raises(ValueError, match="JAX-native"):
+        sbx_env_kwargs(Config().override(["run.tasks=arm/reach"]))
+
+
+def test_bench_env_of_a_gymnasium_id():
+    assert bench_env("Hopper-v5") == bench_env("gym:Hopper-v5")
+    env = bench_env("Hopper-v5")
+    assert (env.name, env.task, env.single_env) == ("Hopper-v5", "gym:Hopper-v5", "Hopper-v5")
+
+
+def test_bench_env_of_a_registry_id_is_the_registry_factory():
+    env = bench_env("metaworld/hammer-v3")
+    assert (env.name, env.task) == ("metaworld/hammer-v3", "metaworld/hammer-v3")
+    assert env.single_env is envs.env_spec("metaworld/hammer-v3").factory  # what envs.make wraps, too
+    single = env.single_env()
+    try:
+        assert single.observation_space.shape == (39,) and single.action_space.shape == (4,)
+        obs, _ = single.reset(seed=3)
+        assert obs.shape == (39,)
+    finally:
+        single.close()
+
+
+@pytest.mark.parametrize("env_id, match", [
+    ("arm/reach", "JAX-native"),
+    ("arm6", "one Gymnasium env"),  # a sequence of ours
+    ("cw10", "one Gymnasium env"),
+    ("NoSuchEnv-v0", "Unknown Gymnasium env id"),
+    ("metaworld/hammer-v3,metaworld/push-v3", "one Gymnasium env"),
+    ("", "one Gymnasium env"),
+])
+def test_bench_env_refuses_what_sbx_cannot_step(env_id, match):
+    with pytest.raises(ValueError, match=match):
+        bench_env(env_id)
+
+
+def test_bench_config_of_a_metaworld_id():
+    cfg = bench_config("metaworld/hammer-v3", total_steps=4096, num_envs=8)
+    assert cfg.run.tasks == "metaworld/hammer-v3"
+    assert cfg.ppo.num_envs == 8 and cfg.net.hidden_sizes == (256, 256, 256) and cfg.net.actor == "mlp"
+    sbx_kwargs(cfg)  # no error
+    assert sbx_env_kwargs(cfg)["env_id"] == "metaworld/hammer-v3"
+    assert sbx_env_kwargs(cfg)["n_envs"] == 8
 
 
 def test_bench_config_is_sbx_expressible_and_constant_lr():
@@ -159,22 +204,32 @@ def test_markdown_renders_hand_made_result():
         "sbx": {"median": _side(1000.0, 1000.0, 32.8, 8.0)},
         "ratio_ours_over_sbx": {"end_to_end_steps_per_s": 1.2, "steady_steps_per_s": 1.5, "learn_steps_per_s": 1.2},
         "raw": {"raw_sync_vector_env": {"steps_per_s": 5381.2}, "raw_dummy_vec_env": {"steps_per_s": 6044.0}},
+        "ratio_ours_over_raw": {"end_to_end_steps_per_s": 0.223, "steady_steps_per_s": 0.279},
     }
     text = markdown(result)
     assert "sbx-rl 0.28.0, stable-baselines3 2.9.2, torch 2.13.0, mujoco 3.3.0" in text
     assert "**Hopper-v5**: 32,768 env steps, 16 envs x 16 steps, minibatch 64, 10 epochs, MLP 256x256x256 relu" in text
-    assert "| env-steps/s end to end (compile included) | 1,200 | 1,000 | 1.20 |" in text
-    assert "| env-steps/s steady state (after iteration 1) | 1,500 | 1,000 | 1.50 |" in text
-    assert "| wall s (setup + training) | 27.3 | 32.8 | |" in text
-    assert "| first iteration s (compiles) | 7.2 | 8.0 | |" in text
+    assert "| | ours (sphere_rl) | SBX | ours / SBX | ours / raw |" in text
+    assert "| env-steps/s end to end (compile included) | 1,200 | 1,000 | 1.20 | 0.22 |" in text
+    assert "| env-steps/s steady state (after iteration 1) | 1,500 | 1,000 | 1.50 | 0.28 |" in text
+    assert "| wall s (setup + training) | 27.3 | 32.8 | | |" in text
+    assert "| first iteration s (compiles) | 7.2 | 8.0 | | |" in text
     assert "gymnasium SyncVectorEnv 5,381, SB3 DummyVecEnv 6,044 env-steps/s" in text
     # missing steady state (one iteration) and no raw rows still render
     result["ours"]["median"]["steady_steps_per_s"] = None
     result["ratio_ours_over_sbx"]["steady_steps_per_s"] = None
-    del result["raw"]
+    del result["raw"], result["ratio_ours_over_raw"]
     text = markdown([result, result])
-    assert "| env-steps/s steady state (after iteration 1) | n/a | 1,000 | n/a |" in text
+    assert "| env-steps/s steady state (after iteration 1) | n/a | 1,000 | n/a | n/a |" in text
     assert text.count("**Hopper-v5**") == 2 and "Simulator alone" not in text
+
+
+def test_ratio_over_raw_uses_the_sync_vector_env_rate():
+    ours = _side(1200.0, 1500.0, 27.3, 7.25)
+    raw = {"raw_sync_vector_env": {"steps_per_s": 3000.0}, "raw_dummy_vec_env": {"steps_per_s": 6000.0}}
+    assert bench_sbx._ratio_over_raw(ours, raw) == {"end_to_end_steps_per_s": 0.4, "steady_steps_per_s": 0.5}
+    ours["steady_steps_per_s"] = None
+    assert bench_sbx._ratio_over_raw(ours, {})["steady_steps_per_s"] is None
 
 
 def test_sbx_available_is_a_bool():
@@ -199,6 +254,29 @@ def test_tiny_comparison_end_to_end():
     assert "**Hopper-v5**: 256 env steps" in markdown(result)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not sbx_available(), reason="needs the bench extra (sbx-rl, stable-baselines3, torch, mujoco)")
+def test_tiny_metaworld_comparison_end_to_end():
+    small = ["net.hidden_sizes=32,32", "net.critic_hidden_sizes=32,32", "ppo.n_epochs=2", "ppo.minibatch_size=16"]
+    result = compare_with_sbx("metaworld/hammer-v3", total_steps=64, num_envs=2, repeats=1, overrides=small, verbose=False)
+    assert result["env_id"] == "metaworld/hammer-v3" and result["config"]["run"]["tasks"] == "metaworld/hammer-v3"
+    for side in ("ours", "sbx"):
+        (run,) = result[side]["runs"]
+        assert run["env_steps"] == 64 and run["iterations"] == 2 and run["batch_size"] == 32
+        assert run["steady_steps_per_s"] > 0
+    assert result["ours"]["runs"][0]["vector_env"] == "SyncVectorEnv"
+    assert result["sbx_env"]["env_id"] == "metaworld/hammer-v3" and result["sbx_env"]["n_envs"] == 2
+    assert set(result["raw"]) == {"raw_sync_vector_env", "raw_dummy_vec_env"}
+    assert result["ratio_ours_over_raw"]["steady_steps_per_s"] > 0
+    assert "**metaworld/hammer-v3**: 64 env steps" in markdown(result)
+
+
+def test_run_sbx_bench_checks_every_env_before_measuring(monkeypatch):
+    monkeypatch.setattr(bench_sbx, "compare_with_sbx", lambda *a, **k: pytest.fail("measured before checking the ids"))
+    with pytest.raises(ValueError, match="JAX-native"):
+        bench_sbx.run_sbx_bench(env_ids=("metaworld/hammer-v3", "arm/reach"), out=None)
+
+
 def test_compare_without_extra_says_how_to_install(monkeypatch):
     monkeypatch.setattr(bench_sbx, "sbx_available", lambda: False)
     with pytest.raises(RuntimeError, match=r"constraints-bench\.txt"):
@@ -206,9 +284,10 @@ def test_compare_without_extra_says_how_to_install(monkeypatch):
 
 
 def test_bench_markdown_renders_the_update_table():
-    from sphere_rl.experiments.bench import BENCH_SUITES, bench_markdown
+    from sphere_rl.experiments.bench import BENCH_SUITES, DEFAULT_BENCH_SUITES, bench_markdown
 
-    assert set(BENCH_SUITES) == {"update", "ntk", "sbx"}
+    assert set(BENCH_SUITES) == {"update", "ntk", "sbx", "metaworld"}
+    assert set(DEFAULT_BENCH_SUITES) == {"update", "ntk", "sbx"}  # metaworld is opt-in
     row = {"actor": "topk_moe sparse", "n_experts": 10, "n_epochs": 10, "minibatch_steps": 320, "seconds": 2.0,
            "sphere_seconds": 2.1, "sphere_overhead_pct": 5.0, "vs_topk_dense_masked": 0.5, "optimizer_floor_seconds": 0.8}
     results = {"machine": {"processor": "x86_64", "cpu_count": 2, "devices": ["cpu:0"], "jax": "0.10.2", "time": "t"},
@@ -217,3 +296,58 @@ def test_bench_markdown_renders_the_update_table():
     assert "| topk_moe sparse | 10 | 2.00 | 0.50x | 2.10 | +5.0 % | 0.80 |" in text
     assert "| dense 3x256 (official PPO) | | 0.50 |" in text
     assert "320 minibatch steps" in text
+
+
+def _fabricated_result(env_id):
+    return {
+        "machine": {"processor": "x86_64", "cpu_count": 2, "jax": "0.10.2", "time": "t"},
+        "versions": {},
+        "env_id": env_id,
+        "settings": {"env_steps": 20480, "num_envs": 16, "n_steps": 16, "minibatch_size": 64, "n_epochs": 10,
+                     "hidden_sizes": [256, 256, 256], "activation": "relu", "normalize_obs": True, "repeats": 1},
+        "ours": {"median": _side(900.0, 1000.0, 22.0, 3.0)},
+        "sbx": {"median": _side(400.0, 450.0, 51.0, 4.0)},
+        "ratio_ours_over_sbx": {"end_to_end_steps_per_s": 2.25, "steady_steps_per_s": 2.22},
+        "raw": {"raw_sync_vector_env": {"steps_per_s": 1500.0}},
+        "ratio_ours_over_raw": {"end_to_end_steps_per_s": 0.6, "steady_steps_per_s": 0.67},
+    }
+
+
+def test_metaworld_suite_runs_hammer_and_renders(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_run_sbx_bench(env_ids, quick, repeats, out):
+        calls.append((tuple(env_ids), quick, repeats, out))
+        return [_fabricated_result(env_id) for env_id in env_ids]
+
+    monkeypatch.setattr(bench_sbx, "sbx_available", lambda: True)
+    monkeypatch.setattr(bench_sbx, "run_sbx_bench", fake_run_sbx_bench)
+    results = bench.run_bench(out=str(tmp_path), quick=True, suites=("metaworld",))
+    assert calls == [(("metaworld/hammer-v3",), True, 1, None)]
+    assert "sbx" not in results and results["suites"] == ["metaworld"]
+    text = bench.bench_markdown(results)
+    assert "**metaworld/hammer-v3**" in text
+    assert "| env-steps/s steady state (after iteration 1) | 1,000 | 450 | 2.22 | 0.67 |" in text
+    assert "**metaworld/hammer-v3**" in capsys.readouterr().out
+
+
+def test_metaworld_suite_skips_without_the_extra(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench_sbx, "sbx_available", lambda: False)
+    results = bench.run_bench(out=str(tmp_path), quick=True, suites=("metaworld",))
+    assert "metaworld" not in results
+    assert "metaworld suite skipped: install the bench extra" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, suites", [
+    (["bench"], ("update", "ntk", "sbx")),
+    (["bench", "--suite", "metaworld"], ("metaworld",)),
+    (["bench", "--suite", "sbx", "--suite", "metaworld"], ("sbx", "metaworld")),
+])
+def test_cli_bench_leaves_metaworld_out_unless_asked(monkeypatch, argv, suites):
+    from sphere_rl import cli
+
+    seen = {}
+    monkeypatch.setattr(bench, "run_bench", lambda **kwargs: seen.update(kwargs))
+    args = cli.build_parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert seen["suites"] == suites

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 
+from sphere_rl.cli import main
 from sphere_rl.config import Config, ConfigError
 from sphere_rl.protocols.continual_metrics import (
     continual_metrics,
@@ -83,7 +84,7 @@ def _own_curves(run_dir, n_tasks):
             for i in range(n_tasks)]
 
 
-def test_crl_run_writes_the_table_and_uses_a_reference_rl_run(tmp_path):
+def test_crl_run_writes_the_table_and_uses_a_reference_rl_run(tmp_path, capsys):
     rl_dir, rl = _run(Config().override([*TINY_ARM, "run.protocol=rl"]).validate(), tmp_path, "rl")
     assert rl.continual is None and len(rl.task_curves) == 2
     assert not rl_dir.path(CONTINUAL_METRICS_FILE).exists()
@@ -113,6 +114,12 @@ def test_crl_run_writes_the_table_and_uses_a_reference_rl_run(tmp_path):
     # recomputed later from the run directories alone: the same numbers
     again = run_continual_metrics(crl_dir.root, rl_dir.root)
     assert again.to_csv() == crl_dir.path(CONTINUAL_METRICS_FILE).read_text()
+
+    # the command line: without a reference, forward transfer is missing; refuses an rl run
+    assert main(["metrics", str(crl_dir.root)]) == 0
+    assert "(over 0 tasks)" in capsys.readouterr().out
+    assert main(["metrics", str(rl_dir.root)]) == 2
+    assert "need a CRL run" in capsys.readouterr().err
 
 
 def test_reference_must_match_the_budget_and_exist(tmp_path):

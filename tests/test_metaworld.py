@@ -133,3 +133,41 @@ def test_vector_adapter_reports_episode_success_and_steps():
         assert info["success"].dtype == bool and info["success"].shape == (2,)
     finally:
         vec.close()
+
+
+def test_deterministic_evaluation_repeats_one_episode():
+    """Why the CW10 presets evaluate 1 episode: with the fixed variation, the deterministic policy's
+    episodes in different sub-envs (different seeds) are copies of one another."""
+    import jax
+    import jax.numpy as jnp
+
+    from sphere_rl.config import Config
+    from sphere_rl.protocols.runner import Runner
+
+    runner = Runner(Config().override([
+        "net.actor=topk_moe", "net.n_experts=2", "net.hidden_sizes=8", "net.gate_hidden_sizes=8",
+        "net.critic_hidden_sizes=8", "ppo.num_envs=2", "ppo.n_steps=8", "ppo.minibatch_size=8",
+        "run.tasks=metaworld/push-v3", "run.steps_per_task=16", "run.progress=false"]).validate())
+    loop, _ = runner.loop_for(runner.tasks[0])
+    agent = runner.ppo.init(jax.random.PRNGKey(0)).replace(opt_state=None)
+    vec = loop.make_env(3, 11)
+    obs, _ = vec.reset(seed=11)
+    returns = np.zeros(3)
+    for _ in range(120):
+        _, action, _, _ = loop._act(agent, jnp.asarray(obs), jax.random.PRNGKey(0), deterministic=True)
+        obs, reward, *_ = vec.step(np.clip(np.asarray(action), -1, 1))
+        returns += reward
+        assert (obs == obs[0]).all()
+    vec.close()
+    assert returns[0] > 0 and (returns == returns[0]).all()
+
+
+@pytest.mark.parametrize("name", ["cw10-paper", "cw10-quick"])
+def test_cw10_presets(name):
+    from sphere_rl.config import preset
+
+    cfg = preset(name)
+    assert envs.resolve_sequence(cfg.run.tasks) == envs.resolve_sequence("cw10")
+    assert cfg.net.actor == "topk_moe" and cfg.net.n_experts == 10 and cfg.net.top_k == 2
+    assert cfg.run.protocol == "crl" and cfg.run.eval_episodes == 1
+    assert cfg.run.steps_per_task == (1_000_000 if name == "cw10-paper" else 153_600)

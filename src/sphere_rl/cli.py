@@ -1,4 +1,4 @@
-"""The `sphere` command line: train, resume, eval, diagnose, demo, envs, presets, bench, plasticity."""
+"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, bench, plasticity."""
 
 from __future__ import annotations
 
@@ -47,6 +47,28 @@ def _print_result(result) -> None:
 
     print(results_table({"run": result}))
     print(f"average success {result.average_success:.3f} | {result.env_steps} env steps in {result.wall_time_s:.0f} s")
+    if result.continual:
+        c = result.continual
+        print(f"Continual World: average performance {c['average_performance']:.3f}, forgetting {c['forgetting']:.3f}, "
+              f"forward transfer {c['forward_transfer']:.3f} over {c['forward_transfer_tasks']} tasks "
+              f"({'reference ' + c['reference_run'] if c['reference_run'] else 'no reference run: set run.reference_run'})")
+
+
+def cmd_metrics(args: argparse.Namespace) -> int:
+    from sphere_rl.protocols.continual_metrics import run_continual_metrics
+    from sphere_rl.protocols.runner import CONTINUAL_METRICS_FILE
+    from sphere_rl.runs.atomic import atomic_write_text
+
+    try:
+        metrics = run_continual_metrics(args.run_dir, args.reference)
+    except ValueError as err:
+        print(f"sphere metrics: {err}", file=sys.stderr)
+        return 2
+    print(metrics.markdown())
+    if args.write:
+        path = atomic_write_text(f"{args.run_dir}/{CONTINUAL_METRICS_FILE}", metrics.to_csv())
+        print(f"written to {path}")
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -114,9 +136,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from sphere_rl.experiments.bench import BENCH_SUITES, run_bench
+    from sphere_rl.experiments.bench import DEFAULT_BENCH_SUITES, run_bench
 
-    run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts), suites=tuple(args.suite or BENCH_SUITES))
+    run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts), suites=tuple(args.suite or DEFAULT_BENCH_SUITES))
     return 0
 
 
@@ -168,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON report path (default: RUN_DIR/diagnose_<step>_task<t>.json)")
     p.set_defaults(func=cmd_diagnose)
 
+    p = sub.add_parser("metrics", help="Continual World metrics of a finished CRL run (forward transfer against a reference rl run)")
+    p.add_argument("run_dir")
+    p.add_argument("--reference", default=None, help="a finished rl run over the same tasks and budget (default: none)")
+    p.add_argument("--write", action="store_true", help="(re)write the run's continual_metrics.csv with these numbers")
+    p.set_defaults(func=cmd_metrics)
+
     p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE")
     p.add_argument("--out-dir", default="runs/demo")
     p.add_argument("--seed", type=int, default=0)
@@ -184,10 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
-    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx"],
+    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx", "metaworld"],
                    help="run only this suite (repeatable): update = update phase per actor kind and E, SPHERE "
                         "overhead, throughput; ntk = cost of r_e(K); sbx = env-steps/s against SBX PPO on Hopper-v5 "
-                        "and Humanoid-v5 (bench extra). Default: all")
+                        "and Humanoid-v5 (bench extra); metaworld = the same on metaworld/hammer-v3, with our rate "
+                        "over the raw simulator rate (bench extra). Default: update, ntk and sbx")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")

@@ -1,4 +1,5 @@
-"""`sphere bench`: update-phase time with and without SPHERE, training throughput on the built-in suite, eNTK cost.
+"""`sphere bench`: update-phase time with and without SPHERE, training throughput on the built-in suite, eNTK cost,
+and (with the `bench` extra) env-steps/s against SBX PPO on Gymnasium MuJoCo and on MetaWorld.
 
 Measurements are interleaved (baseline, SPHERE, baseline, ...) because timings on a shared CPU
 drift within minutes; the median over repetitions is reported. Results go to a JSON file with
@@ -167,9 +168,15 @@ def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, An
     return out
 
 
-BENCH_SUITES = ("update", "ntk", "sbx")
+BENCH_SUITES = ("update", "ntk", "sbx", "metaworld")
 """`update`: update-phase time per actor kind and E, SPHERE overhead, optimiser floor, training throughput;
-`ntk`: cost of r_e(K); `sbx`: end-to-end env-steps/s against SBX PPO (needs the `bench` extra)."""
+`ntk`: cost of r_e(K); `sbx`: end-to-end env-steps/s against SBX PPO on Hopper-v5 and Humanoid-v5;
+`metaworld`: the same against SBX PPO on metaworld/hammer-v3, with the ratio to the raw simulator rate
+(`sbx` and `metaworld` need the `bench` extra)."""
+DEFAULT_BENCH_SUITES = ("update", "ntk", "sbx")
+"""What `sphere bench` runs without `--suite`: `metaworld` is opt-in (it adds minutes of MetaWorld simulation)."""
+METAWORLD_BENCH_ENVS = ("metaworld/hammer-v3",)
+"""The `metaworld` suite's env: the first task of Continual World's CW10."""
 
 
 def bench_markdown(results: dict[str, Any]) -> str:
@@ -196,15 +203,16 @@ def bench_markdown(results: dict[str, Any]) -> str:
         from sphere_rl.experiments.bench_ntk import ntk_markdown
 
         lines += ["", ntk_markdown(results["ntk"])]
-    if results.get("sbx"):
-        from sphere_rl.experiments.bench_sbx import markdown as sbx_markdown
+    from sphere_rl.experiments.bench_sbx import markdown as sbx_markdown
 
-        lines += ["", sbx_markdown(results["sbx"])]
+    for suite in ("sbx", "metaworld"):
+        if results.get(suite):
+            lines += ["", sbx_markdown(results[suite])]
     return "\n".join(lines) + "\n"
 
 
 def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tuple[int, ...] = (10, 20, 40),
-              suites: tuple[str, ...] = BENCH_SUITES) -> dict[str, Any]:
+              suites: tuple[str, ...] = DEFAULT_BENCH_SUITES) -> dict[str, Any]:
     unknown = sorted(set(suites) - set(BENCH_SUITES))
     if unknown:
         raise ValueError(f"unknown bench suite(s) {unknown}; choose from {BENCH_SUITES}")
@@ -215,15 +223,18 @@ def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tup
         n_epochs = 1 if quick else 10
         results["dense_update"] = bench_dense_reference(repeats=2, n_epochs=n_epochs)
         results["update_phase"] = bench_update_phase(experts, repeats=2, n_epochs=n_epochs)
-    if "sbx" in suites:
-        from sphere_rl.experiments.bench_sbx import run_sbx_bench, sbx_available
+    from sphere_rl.experiments.bench_sbx import DEFAULT_ENV_IDS, run_sbx_bench, sbx_available
 
+    for suite, env_ids in (("sbx", DEFAULT_ENV_IDS), ("metaworld", METAWORLD_BENCH_ENVS)):
+        if suite not in suites:
+            continue
         if sbx_available():
             # Always the short training budget (16 envs, 20,480 steps): the full one takes hours on a small
             # CPU; the steady-state rate is what the ratio is about. Two interleaved repeats unless --quick.
-            results["sbx"] = run_sbx_bench(quick=True, repeats=1 if quick else 2, out=None)
+            results[suite] = run_sbx_bench(env_ids=env_ids, quick=True, repeats=1 if quick else 2, out=None)
         else:
-            print("sbx suite skipped: install the bench extra (pip install -c constraints.txt -c constraints-bench.txt -e '.[bench]')")
+            print(f"{suite} suite skipped: install the bench extra "
+                  "(pip install -c constraints.txt -c constraints-bench.txt -e '.[bench]')")
     if "ntk" in suites:
         from sphere_rl.experiments.bench_ntk import bench_ntk
 

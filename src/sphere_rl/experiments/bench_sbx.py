@@ -1,11 +1,25 @@
-"""Training throughput of our PPO against SBX PPO (the JAX port of Stable-Baselines3) on Gymnasium MuJoCo.
+"""Training throughput of our PPO against SBX PPO (the JAX port of Stable-Baselines3) on Gymnasium envs.
 
 Needs the `bench` extra: `pip install -c constraints.txt -c constraints-bench.txt -e ".[bench]"`.
-Run a comparison with `python -m sphere_rl.experiments.bench_sbx --env Hopper-v5 --quick`.
+Run a comparison with `python -m sphere_rl.experiments.bench_sbx --env Hopper-v5 --quick`, or on
+MetaWorld with `--env metaworld/hammer-v3`.
+
+Which envs
+----------
+Any env both learners can step as a Gymnasium env (`bench_env` resolves the id once for all sides):
+
+* a Gymnasium id (`Hopper-v5` or `gym:Hopper-v5`): ours trains on `run.tasks=gym:Hopper-v5`, SBX's
+  `make_vec_env` gets the id and calls `gymnasium.make` itself;
+* an id of our registry whose factory builds a single `gymnasium.Env` (not a JAX-native one), such
+  as `metaworld/hammer-v3`: ours trains on `run.tasks=metaworld/hammer-v3`, SBX's `make_vec_env`
+  gets the registry's factory (`sphere_rl.envs.env_spec(id).factory`, the callable our
+  `envs.make` wraps), so both step the very same env class with the same arguments. MetaWorld
+  truncates its 500-step episodes itself; SB3's DummyVecEnv marks them `TimeLimit.truncated` and
+  SBX bootstraps them, as ours does.
 
 What is measured
 ----------------
-Both learners train on the same Gymnasium env id for the same number of env steps, with the same
+Both learners train on the same env for the same number of env steps, with the same
 network and hyperparameters, in the same command. Every measurement runs in a fresh Python
 process (`sys.executable -m sphere_rl.experiments.bench_sbx --child ...`), so JIT caches, thread
 pools and memory do not carry over from one to the next. With `repeats > 1` the order alternates
@@ -23,6 +37,8 @@ are reported. For each side:
 * `raw`: the simulator alone under random actions, same env, same `num_envs`, in both vector env
   types (`raw_sync_vector_env`: the gymnasium SyncVectorEnv our loop uses; `raw_dummy_vec_env`:
   SB3's DummyVecEnv that SBX uses): the ceiling that any learner on this machine stays below.
+  `ratio_ours_over_raw` divides our rates by the SyncVectorEnv rate: the share of the simulator's
+  own speed that our loop keeps.
 
 Our side drives the training loop directly, exactly as `Runner.run` does per iteration
 (`loop.iteration` with the scheduled learning rate, then `jax.device_get` of the metrics), without
@@ -67,6 +83,7 @@ Mapping decisions (see `sbx_kwargs` and `sbx_env_kwargs`)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -84,6 +101,8 @@ from sphere_rl.config import Config
 
 GYM_PREFIX = "gym:"
 
+DEFAULT_ENV_IDS = ("Hopper-v5", "Humanoid-v5")
+"""The envs compared when none are named (`sphere bench --suite sbx`)."""
 QUICK = {"total_steps": 20_480, "num_envs": 16}
 """Quick comparison: both sides + simulator rates on one env in about 1.5 (Hopper) to 2.5 (Humanoid)
 minutes on 2 busy CPU cores (80 iterations of 256 samples, 79 of them in the steady-state window)."""
@@ -125,14 +144,54 @@ def gym_id_of(env_id: str) -> str:
     return gym_id
 
 
+@dataclasses.dataclass(frozen=True)
+class BenchEnv:
+    """How each side builds one env of a compared id (see `bench_env`)."""
+
+    name: str
+    """The id as reported: the bare Gymnasium id (`Hopper-v5`) or our registry id (`metaworld/hammer-v3`)."""
+    task: str
+    """Our `run.tasks`: `gym:Hopper-v5`, or the registry id itself."""
+    single_env: str | Callable[[], Any]
+    """The first argument of SB3's `make_vec_env`: the Gymnasium id, or our registry's factory of one env."""
+
+
+def bench_env(env_id: str) -> BenchEnv:
+    """Resolve `Hopper-v5`, `gym:Hopper-v5` or a Gymnasium-backed registry id such as `metaworld/hammer-v3`.
+
+    A bare id registered in `sphere_rl.envs` is ours (as in `run.tasks`); any other is a Gymnasium
+    id. JAX-native ids, sequences, lists and unknown ids raise ValueError: SBX needs one Gymnasium env.
+    """
+    from sphere_rl import envs
+
+    needs = ("the SBX comparison needs one Gymnasium env: a Gymnasium id such as Hopper-v5 or an id of "
+             "sphere_rl.envs with a Gymnasium factory such as metaworld/hammer-v3")
+    if "," in env_id or not env_id.strip():
+        raise ValueError(f"{env_id!r}: {needs}")
+    if not env_id.startswith(GYM_PREFIX):
+        try:
+            spec = envs.env_spec(env_id)
+        except envs.UnknownEnvError:
+            spec = None
+        if spec is not None:
+            if spec.jax_native:
+                raise ValueError(f"{env_id!r} is JAX-native (no Gymnasium env to give SBX); {needs}")
+            return BenchEnv(name=env_id, task=env_id, single_env=spec.factory)
+    gym_id = gym_id_of(env_id)
+    try:
+        envs.validate_env_id(GYM_PREFIX + gym_id)
+    except envs.UnknownEnvError as error:
+        raise ValueError(f"{env_id!r}: {needs}. {error}") from None
+    return BenchEnv(name=gym_id, task=GYM_PREFIX + gym_id, single_env=gym_id)
+
+
 def bench_config(env_id: str, total_steps: int, num_envs: int, overrides: Sequence[str] = ()) -> Config:
     """Our Config for one comparison: library defaults + `BENCH_OVERRIDES` + env/budget + `overrides`.
 
     The learning rate is made constant afterwards (`ppo.lr_final = ppo.lr`), whatever the overrides say.
     """
-    gym_id = gym_id_of(env_id)
     budget = [
-        f"run.tasks={GYM_PREFIX}{gym_id}",
+        f"run.tasks={bench_env(env_id).task}",
         f"ppo.num_envs={int(num_envs)}",
         f"run.steps_per_task={int(total_steps)}",
         f"run.eval_every={int(total_steps) + 1}",
@@ -198,13 +257,12 @@ def sbx_kwargs(cfg: Config) -> dict[str, Any]:
 def sbx_env_kwargs(cfg: Config) -> dict[str, Any]:
     """The SB3 vector env matching our loop: `make_vec_env` arguments and `VecNormalize` arguments (or None)."""
     p = cfg.ppo
-    if not cfg.run.tasks.startswith(GYM_PREFIX) or "," in cfg.run.tasks:
-        raise ValueError(f"run.tasks={cfg.run.tasks!r}: the SBX comparison needs one Gymnasium env, e.g. gym:Hopper-v5")
+    env = bench_env(cfg.run.tasks)
     vec_normalize = None
     if p.normalize_obs:
         vec_normalize = {"norm_obs": True, "norm_reward": False, "clip_obs": p.obs_clip, "gamma": p.gamma, "epsilon": 1e-8}
     return {
-        "env_id": gym_id_of(cfg.run.tasks),
+        "env_id": env.name,
         "n_envs": p.num_envs,
         "seed": cfg.seed,
         "vec_env_cls": "DummyVecEnv",
@@ -324,8 +382,9 @@ def _child_sbx(spec: dict[str, Any]) -> dict[str, Any]:
 
     cfg = Config.from_dict(spec["config"]).validate()
     kwargs, env_kw = sbx_kwargs(cfg), sbx_env_kwargs(cfg)
+    single_env = bench_env(cfg.run.tasks).single_env
     t_build = time.perf_counter()
-    venv = make_vec_env(env_kw["env_id"], n_envs=env_kw["n_envs"], seed=env_kw["seed"], vec_env_cls=DummyVecEnv)
+    venv = make_vec_env(single_env, n_envs=env_kw["n_envs"], seed=env_kw["seed"], vec_env_cls=DummyVecEnv)
     if env_kw["vec_normalize"] is not None:
         venv = VecNormalize(venv, **env_kw["vec_normalize"])
     model = PPO("MlpPolicy", venv, **kwargs)
@@ -376,7 +435,7 @@ def _child_raw(spec: dict[str, Any]) -> dict[str, Any]:
         from stable_baselines3.common.env_util import make_vec_env
         from stable_baselines3.common.vec_env import DummyVecEnv
 
-        venv = make_vec_env(gym_id_of(cfg.run.tasks), n_envs=n, seed=seed, vec_env_cls=DummyVecEnv)
+        venv = make_vec_env(bench_env(cfg.run.tasks).single_env, n_envs=n, seed=seed, vec_env_cls=DummyVecEnv)
         venv.reset()
         out["raw_dummy_vec_env"] = _raw_rate(venv, n, vector_steps, venv.step, seed)
         venv.close()
@@ -426,6 +485,13 @@ def _median_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
+def _ratio_over_raw(ours: dict[str, Any], raw: dict[str, Any]) -> dict[str, float | None]:
+    """Our median rates over the random-action rate of the SyncVectorEnv our loop steps."""
+    simulator = (raw.get("raw_sync_vector_env") or {}).get("steps_per_s")
+    return {key: ours[key] / simulator if ours.get(key) and simulator else None
+            for key in ("end_to_end_steps_per_s", "steady_steps_per_s")}
+
+
 def _versions() -> dict[str, str | None]:
     out = {}
     for name in DIST_NAMES:
@@ -449,9 +515,11 @@ def compare_with_sbx(
 ) -> dict[str, Any]:
     """Train ours and SBX on `env_id` with the same settings, each measurement in a fresh process.
 
+    `env_id` is a Gymnasium id or a Gymnasium-backed id of our registry (see `bench_env`).
     `overrides` are our dotted config overrides (applied after the bench settings). Returns a dict
     with machine info, versions, our config, the SBX kwargs used, every run of both sides, their
-    medians, the ratios ours / SBX and (with `raw`) the random-action simulator rates.
+    medians, the ratios ours / SBX and (with `raw`) the random-action simulator rates and the
+    ratios ours / raw (SyncVectorEnv).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -465,7 +533,7 @@ def compare_with_sbx(
     kwargs = sbx_kwargs(cfg)  # raises before any process starts if SBX cannot express cfg
     spec = {"config": cfg.to_dict(), "raw_steps": min(int(total_steps), RAW_STEPS_MAX)}
     say = print if verbose else (lambda *a, **k: None)
-    gym_id = gym_id_of(env_id)
+    name = bench_env(env_id).name
     runs: dict[str, list[dict[str, Any]]] = {"ours": [], "sbx": []}
     for r in range(repeats):
         order = ("ours", "sbx") if r % 2 == 0 else ("sbx", "ours")
@@ -473,12 +541,12 @@ def compare_with_sbx(
             record = _run_child(side, spec, timeout_s)
             runs[side].append(record)
             steady = record["steady_steps_per_s"]
-            say(f"{gym_id} {side:>4} run {r + 1}/{repeats}: {record['end_to_end_steps_per_s']:,.0f} env-steps/s end to end, "
+            say(f"{name} {side:>4} run {r + 1}/{repeats}: {record['end_to_end_steps_per_s']:,.0f} env-steps/s end to end, "
                 f"{'n/a' if steady is None else f'{steady:,.0f}'} steady, {record['total_s']:.1f} s", flush=True)
     result: dict[str, Any] = {
         "machine": machine_info(),
         "versions": _versions(),
-        "env_id": gym_id,
+        "env_id": name,
         "settings": {
             "total_steps": int(total_steps), "env_steps": runs["ours"][0]["env_steps"], "num_envs": cfg.ppo.num_envs,
             "n_steps": cfg.ppo.n_steps, "minibatch_size": cfg.ppo.minibatch_size, "n_epochs": cfg.ppo.n_epochs,
@@ -500,10 +568,13 @@ def compare_with_sbx(
     result["ratio_ours_over_sbx"] = ratio
     if raw:
         result["raw"] = _run_child("raw", spec, timeout_s)
-        for name, v in result["raw"].items():
-            say(f"{gym_id} {name}: {v['steps_per_s']:,.0f} env-steps/s (random actions)", flush=True)
-    say(f"{gym_id} ours / SBX: end to end x{_fmt_ratio(ratio['end_to_end_steps_per_s'])}, "
-        f"steady x{_fmt_ratio(ratio['steady_steps_per_s'])}", flush=True)
+        for vector_env, v in result["raw"].items():
+            say(f"{name} {vector_env}: {v['steps_per_s']:,.0f} env-steps/s (random actions)", flush=True)
+        result["ratio_ours_over_raw"] = _ratio_over_raw(result["ours"]["median"], result["raw"])
+    say(f"{name} ours / SBX: end to end x{_fmt_ratio(ratio['end_to_end_steps_per_s'])}, "
+        f"steady x{_fmt_ratio(ratio['steady_steps_per_s'])}"
+        + (f"; ours / raw SyncVectorEnv: steady x{_fmt_ratio(result['ratio_ours_over_raw']['steady_steps_per_s'])}"
+           if raw else ""), flush=True)
     return result
 
 
@@ -536,34 +607,40 @@ def markdown(result: dict[str, Any] | list[dict[str, Any]]) -> str:
     for res in results:
         s, ours, sbx = res["settings"], res["ours"]["median"], res["sbx"]["median"]
         ratio = res.get("ratio_ours_over_sbx", {})
+        over_raw = res.get("ratio_ours_over_raw", {})
         net = "x".join(str(h) for h in s["hidden_sizes"])
         lines += [
             f"**{res['env_id']}**: {s['env_steps']:,} env steps, {s['num_envs']} envs x {s['n_steps']} steps, minibatch "
             f"{s['minibatch_size']}, {s['n_epochs']} epochs, MLP {net} {s['activation']}, "
             f"obs normalisation {'on' if s['normalize_obs'] else 'off'}, median of {s['repeats']} run(s).",
             "",
-            "| | ours (sphere_rl) | SBX | ours / SBX |",
-            "|---|---|---|---|",
+            "| | ours (sphere_rl) | SBX | ours / SBX | ours / raw |",
+            "|---|---|---|---|---|",
             f"| env-steps/s end to end (compile included) | {_fmt_rate(ours['end_to_end_steps_per_s'])} | "
-            f"{_fmt_rate(sbx['end_to_end_steps_per_s'])} | {_fmt_ratio(ratio.get('end_to_end_steps_per_s'))} |",
+            f"{_fmt_rate(sbx['end_to_end_steps_per_s'])} | {_fmt_ratio(ratio.get('end_to_end_steps_per_s'))} | "
+            f"{_fmt_ratio(over_raw.get('end_to_end_steps_per_s'))} |",
             f"| env-steps/s steady state (after iteration 1) | {_fmt_rate(ours['steady_steps_per_s'])} | "
-            f"{_fmt_rate(sbx['steady_steps_per_s'])} | {_fmt_ratio(ratio.get('steady_steps_per_s'))} |",
-            f"| wall s (setup + training) | {_fmt_s(ours['total_s'])} | {_fmt_s(sbx['total_s'])} | |",
-            f"| first iteration s (compiles) | {_fmt_s(ours['first_iteration_s'])} | {_fmt_s(sbx['first_iteration_s'])} | |",
+            f"{_fmt_rate(sbx['steady_steps_per_s'])} | {_fmt_ratio(ratio.get('steady_steps_per_s'))} | "
+            f"{_fmt_ratio(over_raw.get('steady_steps_per_s'))} |",
+            f"| wall s (setup + training) | {_fmt_s(ours['total_s'])} | {_fmt_s(sbx['total_s'])} | | |",
+            f"| first iteration s (compiles) | {_fmt_s(ours['first_iteration_s'])} | {_fmt_s(sbx['first_iteration_s'])} | | |",
         ]
         raw = res.get("raw") or {}
         if raw:
             labels = {"raw_sync_vector_env": "gymnasium SyncVectorEnv", "raw_dummy_vec_env": "SB3 DummyVecEnv"}
             cells = ", ".join(f"{labels.get(k, k)} {_fmt_rate(v['steps_per_s'])}" for k, v in raw.items())
-            lines += ["", f"Simulator alone (random actions, {s['num_envs']} envs): {cells} env-steps/s."]
+            lines += ["", f"Simulator alone (random actions, {s['num_envs']} envs): {cells} env-steps/s; "
+                          "ours / raw divides our rate by the SyncVectorEnv rate (the vector env our loop steps)."]
         lines.append("")
     return "\n".join(lines)
 
 
-def run_sbx_bench(env_ids: Sequence[str] = ("Hopper-v5", "Humanoid-v5"), quick: bool = True, repeats: int = 1,
+def run_sbx_bench(env_ids: Sequence[str] = DEFAULT_ENV_IDS, quick: bool = True, repeats: int = 1,
                   overrides: Sequence[str] = (), out: str | None = "benchmarks/results",
                   total_steps: int | None = None, num_envs: int | None = None) -> list[dict[str, Any]]:
     """`compare_with_sbx` on each env (quick or full defaults); writes bench-sbx-<time>.json/.md under `out`."""
+    for env_id in env_ids:
+        bench_env(env_id)  # an unusable id fails now, not after minutes of measuring the ones before it
     defaults = QUICK if quick else FULL
     results = [
         compare_with_sbx(env_id, total_steps or defaults["total_steps"], num_envs or defaults["num_envs"], repeats, overrides)
@@ -583,8 +660,11 @@ def run_sbx_bench(env_ids: Sequence[str] = ("Hopper-v5", "Humanoid-v5"), quick: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sphere_rl.experiments.bench_sbx",
-                                     description="Training throughput of our PPO against SBX PPO on Gymnasium MuJoCo envs.")
-    parser.add_argument("--env", action="append", help="Gymnasium env id (repeatable; default Hopper-v5 and Humanoid-v5)")
+                                     description="Training throughput of our PPO against SBX PPO on Gymnasium envs "
+                                                 "(Gymnasium MuJoCo ids, MetaWorld ids of sphere_rl.envs).")
+    parser.add_argument("--env", action="append",
+                        help="Gymnasium env id, or an id of sphere_rl.envs with a Gymnasium factory such as "
+                             "metaworld/hammer-v3 (repeatable; default Hopper-v5 and Humanoid-v5)")
     parser.add_argument("--quick", action="store_true", help=f"quick defaults {QUICK} instead of full {FULL}")
     parser.add_argument("--total-steps", type=int, default=None, help="env steps per training run")
     parser.add_argument("--num-envs", type=int, default=None, help="parallel envs (same for both)")
@@ -599,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = CHILDREN[args.child](json.loads(Path(args.spec).read_text()))
         Path(args.result).write_text(json.dumps(record))
         return 0
-    run_sbx_bench(env_ids=tuple(args.env or ("Hopper-v5", "Humanoid-v5")), quick=args.quick, repeats=args.repeats,
+    run_sbx_bench(env_ids=tuple(args.env or DEFAULT_ENV_IDS), quick=args.quick, repeats=args.repeats,
                   overrides=tuple(args.override), out=args.out or None, total_steps=args.total_steps,
                   num_envs=args.num_envs)
     return 0
