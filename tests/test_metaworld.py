@@ -170,4 +170,4 @@ def test_cw10_presets(name):
     assert envs.resolve_sequence(cfg.run.tasks) == envs.resolve_sequence("cw10")
     assert cfg.net.actor == "topk_moe" and cfg.net.n_experts == 10 and cfg.net.top_k == 2
     assert cfg.run.protocol == "crl" and cfg.run.eval_episodes == 1
-    assert cfg.run.steps_per_task == (1_000_000 if name == "cw10-paper" else 153_600)
+    assert cfg.run.steps_per_task == (1_000_000 if name == "cw10-paper" else 122_880)

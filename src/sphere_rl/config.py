@@ -466,9 +466,9 @@ register_preset(
 )
 register_preset(
     "cw10-quick",
-    {"run.tasks": "cw10", "run.steps_per_task": 153_600, "run.eval_every": 25_600, "ppo.num_envs": 16,
+    {"run.tasks": "cw10", "run.steps_per_task": 122_880, "run.eval_every": 20_480, "ppo.num_envs": 16,
      "ppo.n_steps": 128, "ppo.minibatch_size": 256, "ppo.n_epochs": 5, "run.log_every": 10_240,
-     "run.checkpoint_every": 51_200, "diag.every": 153_600, **_CW10_EVAL},
-    "CW10 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 153,600 steps per task "
-    "(about an hour per method on 2 cores; docs/benchmarks.md).",
+     "run.checkpoint_every": 40_960, "diag.every": 122_880, **_CW10_EVAL},
+    "CW10 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 122,880 steps per task "
+    "(about an hour per method on 2 cores; docs/envs.md).",
 )
