@@ -472,3 +472,19 @@ register_preset(
     "CW10 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 122,880 steps per task "
     "(about an hour per method on 2 cores; docs/envs.md).",
 )
+
+# HumanoidBench H1 (docs/humanoidbench.md): the library defaults are the official settings.
+register_preset(
+    "h1-paper",
+    {"run.tasks": "h1", "run.steps_per_task": 10_000_000, "run.eval_every": 100_000, "run.eval_episodes": 10},
+    "HumanoidBench H1 CRL (stand, walk, pole, slide, run): 10M steps per task, official PPO + Top-K MoE "
+    "(E=10, k=2, 3x256, 128 envs x 16 steps, minibatch 64, 10 epochs), 10 evaluation episodes every 100k. Run seeds 0-4.",
+)
+register_preset(
+    "h1-quick",
+    {"run.tasks": "h1", "run.steps_per_task": 409_600, "run.eval_every": 102_400, "run.eval_episodes": 5,
+     "ppo.num_envs": 16, "ppo.n_steps": 128, "ppo.minibatch_size": 256, "ppo.n_epochs": 5, "run.log_every": 20_480,
+     "run.checkpoint_every": 102_400, "diag.every": 409_600},
+    "HumanoidBench H1 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 409,600 steps "
+    "per task (sized from measured throughput to about an hour per method on 2 cores; docs/humanoidbench.md).",
+)

@@ -26,3 +26,21 @@ register_sequence("cw10", _CW10, "Continual World CW10: 10 MetaWorld v3 tasks, o
 register_sequence("cw20", _CW10 + _CW10, "Continual World CW20: CW10 twice")
 register_sequence("cw10-mt1", tuple(f"metaworld-mt1/{task}-v3" for task in CW10_TASKS),
                   "CW10 with MT1 variations (a new object/goal placement every episode)")
+
+
+def _h1_env(task: str, **kwargs):
+    from sphere_rl.envs.h1.env import H1Env  # imports MuJoCo only when an H1 env is built
+
+    return H1Env(task, **kwargs)
+
+
+H1_TASKS = ("stand", "walk", "run", "pole", "slide")
+"""HumanoidBench H1 tasks (the same as `envs.h1.TASKS`, listed here so that importing the registry stays light)."""
+
+for _task in H1_TASKS:
+    register(f"humanoidbench/h1-{_task}", partial(_h1_env, _task),
+             description=f"HumanoidBench Unitree H1 {_task} (position control, 1000-step episodes; docs/humanoidbench.md)",
+             family="humanoidbench")
+
+register_sequence("h1", tuple(f"humanoidbench/h1-{t}" for t in ("stand", "walk", "pole", "slide", "run")),
+                  "HumanoidBench H1 in the official SPHERE script's order: stand, walk, pole, slide, run")
