@@ -470,7 +470,7 @@ register_preset(
      "ppo.n_steps": 128, "ppo.minibatch_size": 256, "ppo.n_epochs": 5, "run.log_every": 10_240,
      "run.checkpoint_every": 40_960, "diag.every": 122_880, **_CW10_EVAL},
     "CW10 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 122,880 steps per task "
-    "(about an hour per method on 2 cores; docs/envs.md).",
+    "(Top-K and + SPHERE side by side took 66-69 minutes on 2 cores; docs/benchmarks.md).",
 )
 
 # HumanoidBench H1 (docs/humanoidbench.md): the library defaults are the official settings.
