@@ -1,6 +1,7 @@
 """Continual World metrics: hand-worked examples, and the tables a CRL run writes (built-in and MetaWorld)."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -120,6 +121,11 @@ def test_crl_run_writes_the_table_and_uses_a_reference_rl_run(tmp_path, capsys):
     assert "(over 0 tasks)" in capsys.readouterr().out
     assert main(["metrics", str(rl_dir.root)]) == 2
     assert "need a CRL run" in capsys.readouterr().err
+    # --write updates the table and the summary together
+    summary_before = crl_dir.summary
+    assert main(["metrics", str(crl_dir.root), "--reference", str(rl_dir.root), "--write"]) == 0
+    assert json.dumps(crl_dir.summary, sort_keys=True) == json.dumps({**summary_before, "continual": again.summary()}, sort_keys=True)
+    assert crl_dir.path(CONTINUAL_METRICS_FILE).read_text() == again.to_csv()
 
 
 def test_reference_must_match_the_budget_and_exist(tmp_path):

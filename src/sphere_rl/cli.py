@@ -57,6 +57,7 @@ def _print_result(result) -> None:
 def cmd_metrics(args: argparse.Namespace) -> int:
     from sphere_rl.protocols.continual_metrics import run_continual_metrics
     from sphere_rl.protocols.runner import CONTINUAL_METRICS_FILE
+    from sphere_rl.runs import RunDir
     from sphere_rl.runs.atomic import atomic_write_text
 
     try:
@@ -66,8 +67,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         return 2
     print(metrics.markdown())
     if args.write:
-        path = atomic_write_text(f"{args.run_dir}/{CONTINUAL_METRICS_FILE}", metrics.to_csv())
-        print(f"written to {path}")
+        run_dir = RunDir.open(args.run_dir)
+        path = atomic_write_text(run_dir.path(CONTINUAL_METRICS_FILE), metrics.to_csv())
+        run_dir.mark_complete({**run_dir.summary, "continual": metrics.summary()})
+        print(f"written to {path} and {run_dir.path('summary.json')}")
     return 0
 
 
@@ -193,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("metrics", help="Continual World metrics of a finished CRL run (forward transfer against a reference rl run)")
     p.add_argument("run_dir")
     p.add_argument("--reference", default=None, help="a finished rl run over the same tasks and budget (default: none)")
-    p.add_argument("--write", action="store_true", help="(re)write the run's continual_metrics.csv with these numbers")
+    p.add_argument("--write", action="store_true", help="(re)write the run's continual_metrics.csv and summary.json's `continual` with these numbers")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE")
