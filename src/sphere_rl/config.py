@@ -205,6 +205,11 @@ class Config:
         """Rollout + update iterations per task (the step budget rounded up to whole rollouts)."""
         return -(-self.run.steps_per_task // self.batch_size)
 
+    @property
+    def task_steps(self) -> int:
+        """Env steps each task actually trains: `run.steps_per_task` rounded up to whole rollouts."""
+        return self.iterations_per_task * self.batch_size
+
     # -- (de)serialisation -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

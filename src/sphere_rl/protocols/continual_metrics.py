@@ -20,13 +20,15 @@ evaluation schedule cancels out when both runs use the same `run.eval_every`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from sphere_rl.config import Config
+from sphere_rl.runs import RunDir
 
 Curve = Sequence[Sequence[float]]
 """A success curve: `[[task_step, success], ...]` in increasing task_step, within one task's training."""
@@ -162,28 +164,24 @@ def continual_metrics(
     )
 
 
-def run_task_steps(run_path: str | Path) -> int:
-    """Env steps each task of a run trained: its budget rounded up to whole rollouts."""
-    from sphere_rl.config import load
-
-    cfg = load(str(Path(run_path) / "config.json"))
-    return cfg.iterations_per_task * cfg.batch_size
+def _finished_run(run_path: str | Path, role: str) -> tuple[dict[str, Any], int]:
+    """(summary.json, env steps per task) of a finished run directory."""
+    run = RunDir.open(run_path)
+    summary = run.summary
+    if summary is None:
+        raise FileNotFoundError(f"{role} {str(run.root)!r} has no summary.json (is it a finished run directory?)")
+    return summary, Config.from_dict(run.config).task_steps
 
 
 def reference_curves(run_path: str | Path, task_steps: int) -> dict[str, Curve]:
     """Success curves per env id from a finished reference run (its summary.json), checked for the budget."""
-    root = Path(run_path)
-    summary_path = root / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"reference run {str(root)!r} has no summary.json (is it a finished run directory?)")
-    summary = json.loads(summary_path.read_text())
-    ref_steps = run_task_steps(root)
+    summary, ref_steps = _finished_run(run_path, "reference run")
     if ref_steps != task_steps:
-        raise ValueError(f"reference run {str(root)!r} trained {ref_steps} steps per task, this run {task_steps}: "
+        raise ValueError(f"reference run {str(run_path)!r} trained {ref_steps} steps per task, this run {task_steps}: "
                          "forward transfer needs the same budget")
     curves = summary.get("task_curves")
     if not curves:
-        raise ValueError(f"reference run {str(root)!r} records no task_curves (made by an older version?)")
+        raise ValueError(f"reference run {str(run_path)!r} records no task_curves (made by an older version?)")
     reference: dict[str, Curve] = {}
     for task, curve in zip(summary["tasks"], curves):
         reference.setdefault(task, curve)  # a task repeated in the sequence: its first, from-scratch training
@@ -192,14 +190,9 @@ def reference_curves(run_path: str | Path, task_steps: int) -> dict[str, Curve]:
 
 def run_continual_metrics(run_path: str | Path, reference_run: str | Path | None = None) -> ContinualMetrics:
     """Continual World metrics of a finished CRL run directory (optionally against a reference run)."""
-    root = Path(run_path)
-    summary_path = root / "summary.json"
-    if not summary_path.is_file():
-        raise FileNotFoundError(f"{str(root)!r} has no summary.json (is it a finished run directory?)")
-    summary = json.loads(summary_path.read_text())
+    summary, task_steps = _finished_run(run_path, "run")
     if summary.get("protocol") != "crl":
-        raise ValueError(f"{str(root)!r} is a {summary.get('protocol')!r} run; Continual World metrics need a CRL run")
-    task_steps = run_task_steps(root)
+        raise ValueError(f"{str(run_path)!r} is a {summary.get('protocol')!r} run; Continual World metrics need a CRL run")
     reference = reference_curves(reference_run, task_steps) if reference_run else None
     curves = summary.get("task_curves") or [[] for _ in summary["tasks"]]
     return continual_metrics(summary["tasks"], summary["success_matrix"], curves, task_steps, reference,

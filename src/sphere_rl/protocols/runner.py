@@ -264,10 +264,10 @@ class Runner:
 
     def continual_metrics(self, result: RunResult) -> ContinualMetrics:
         """Continual World metrics of a finished CRL run (forward transfer needs `run.reference_run`)."""
-        task_steps = self.cfg.iterations_per_task * self.cfg.batch_size
         reference = self.cfg.run.reference_run
-        curves = reference_curves(reference, task_steps) if reference else None
-        return continual_metrics(result.tasks, result.success_matrix, result.task_curves, task_steps, curves, reference or None)
+        curves = reference_curves(reference, self.cfg.task_steps) if reference else None
+        return continual_metrics(result.tasks, result.success_matrix, result.task_curves, self.cfg.task_steps, curves,
+                                 reference or None)
 
     def _evaluate_seen(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
         run = self.cfg.run
