@@ -19,6 +19,7 @@ success flag (bool). `metaworld` is imported on first use, so listing the envs s
 from __future__ import annotations
 
 import functools
+import pickle
 from typing import Any
 
 import gymnasium
@@ -66,8 +67,6 @@ def _task_class(task: str) -> type:
 @functools.lru_cache(maxsize=None)
 def mt1_variations(task: str, seed: int) -> tuple[np.ndarray, ...]:
     """The 50 MT1 variations (reset vectors) of a task for a benchmark seed, built once per process."""
-    import pickle
-
     import metaworld
 
     benchmark = metaworld.MT1(f"{task}-v3", seed=seed)
@@ -100,7 +99,6 @@ class MetaWorldEnv(gymnasium.Env):
             self._variations: tuple[np.ndarray, ...] = (self._sampled_variation(self.variation_seed),)
         else:
             self._variations = mt1_variations(task, self.variation_seed)
-        self._rng = np.random.default_rng(0)
         self.variation_index = 0
 
     def _sampled_variation(self, seed: int) -> np.ndarray:
@@ -123,12 +121,11 @@ class MetaWorldEnv(gymnasium.Env):
         return np.asarray(self._env._target_pos, np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        super().reset(seed=seed)
+        super().reset(seed=seed)  # seeds self.np_random, which draws the MT1 variation
         if seed is not None:
-            self._rng = np.random.default_rng(seed)
             self.action_space.seed(seed)
         if self.variation == "mt1":
-            self.variation_index = int(self._rng.integers(len(self._variations)))
+            self.variation_index = int(self.np_random.integers(len(self._variations)))
         self._env._last_rand_vec = np.array(self._variations[self.variation_index], copy=True)
         self._env._freeze_rand_vec = True
         obs, _ = self._env.reset()
