@@ -136,16 +136,10 @@ def test_reference_must_match_the_budget_and_exist(tmp_path):
         Config().override([*TINY_ARM, f"run.reference_run={tmp_path / 'missing'}"]).validate()
 
 
-def test_metaworld_two_task_crl_run_writes_the_metrics_table(tmp_path):
+def test_metaworld_two_task_crl_run_writes_the_metrics_table(tiny_host_crl):
     """A tiny CRL run on two CW10 tasks: the whole pipeline (envs, evaluation, table), not learning."""
-    cfg = Config().override([
-        "net.actor=topk_moe", "net.n_experts=2", "net.hidden_sizes=8", "net.gate_hidden_sizes=8",
-        "net.critic_hidden_sizes=8", "ppo.num_envs=2", "ppo.n_steps=8", "ppo.minibatch_size=8", "ppo.n_epochs=1",
-        "run.tasks=metaworld/hammer-v3,metaworld/push-wall-v3", "run.steps_per_task=32", "run.eval_every=32",
-        "run.log_every=32", "run.checkpoint_every=32", "run.eval_episodes=1", "run.progress=false",
-        "run.tensorboard=false", "diag.enabled=false", "diag.n_states=16", "diag.probe_steps=8",
-    ]).validate()
-    run_dir, result = _run(cfg, tmp_path, "mw")
+    run_dir, result = tiny_host_crl(["metaworld/hammer-v3", "metaworld/push-wall-v3"], 32,
+                                    "ppo.num_envs=2", "ppo.n_steps=8", "ppo.minibatch_size=8")
     assert result.tasks == ["metaworld/hammer-v3", "metaworld/push-wall-v3"]
     table = run_dir.path(CONTINUAL_METRICS_FILE).read_text().splitlines()
     assert len(table) == 3 and table[1].startswith("0,metaworld/hammer-v3,")

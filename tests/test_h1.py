@@ -442,22 +442,13 @@ def test_registry_ids_sequence_and_presets():
         assert envs.resolve_sequence(cfg.run.tasks) == envs.resolve_sequence("h1") and cfg.net.n_experts == 10
 
 
-def test_two_task_h1_crl_run(tmp_path):
+def test_two_task_h1_crl_run(tiny_host_crl):
     """A tiny CRL run over stand then walk: the whole pipeline (envs, PPO, evaluation, tables), not learning."""
-    from sphere_rl.config import Config
-    from sphere_rl.protocols.runner import CONTINUAL_METRICS_FILE, Runner
-    from sphere_rl.runs import RunDir
+    from sphere_rl.protocols.runner import CONTINUAL_METRICS_FILE
     from sphere_rl.runs.logger import read_metrics
 
-    cfg = Config().override([
-        "net.actor=topk_moe", "net.n_experts=2", "net.hidden_sizes=8", "net.gate_hidden_sizes=8",
-        "net.critic_hidden_sizes=8", "ppo.num_envs=2", "ppo.n_steps=16", "ppo.minibatch_size=16", "ppo.n_epochs=1",
-        "run.tasks=humanoidbench/h1-stand,humanoidbench/h1-walk", "run.steps_per_task=64", "run.eval_every=64",
-        "run.log_every=32", "run.checkpoint_every=64", "run.eval_episodes=2", "run.progress=false",
-        "run.tensorboard=false", "reg.name=sphere", "diag.enabled=false",
-    ]).validate()
-    run_dir = RunDir.create(tmp_path, name="h1", config=cfg.to_dict(), seed=cfg.seed)
-    result = Runner(cfg, run_dir).run()
+    run_dir, result = tiny_host_crl(["humanoidbench/h1-stand", "humanoidbench/h1-walk"], 64, "ppo.num_envs=2",
+                                    "ppo.n_steps=16", "ppo.minibatch_size=16", "run.eval_episodes=2", "reg.name=sphere")
     assert result.tasks == ["humanoidbench/h1-stand", "humanoidbench/h1-walk"]
     evals = read_metrics(run_dir.path("eval.csv"))
     assert [(e["task_index"], e["eval_task_index"]) for e in evals] == [(0, 0), (1, 0), (1, 1)]
