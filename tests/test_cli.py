@@ -31,7 +31,7 @@ def test_train_eval_and_resume_finished_run(tmp_path, capsys):
         assert run.path(name).exists(), name
     assert list(run.path("tb").iterdir()), "TensorBoard events missing"
     manifest = json.loads(run.path("manifest.json").read_text())
-    assert manifest["seed"] == 0 and "jax" in json.dumps(manifest)
+    assert manifest["seed"] == 0 and "jax" in json.dumps(manifest) and "resumes" not in manifest
     summary = json.loads(run.path("summary.json").read_text())
     assert len(summary["final_success"]) == 2
 
@@ -44,6 +44,9 @@ def test_train_eval_and_resume_finished_run(tmp_path, capsys):
     assert main(["train", "--resume", str(run.root)]) == 0
     again = json.loads(run.path("summary.json").read_text())
     assert again["final_success"] == summary["final_success"]
+    resumed = json.loads(run.path("manifest.json").read_text())
+    assert {k: v for k, v in resumed.items() if k != "resumes"} == manifest
+    assert len(resumed["resumes"]) == 1 and resumed["resumes"][0]["seed"] == 0  # the one resume session
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -35,7 +35,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.name:
             cfg = cfg.override({"run.name": args.name})
         run_dir = RunDir.create(cfg.run.out_dir, name=cfg.run.name or None, config=cfg.to_dict(), seed=cfg.seed)
-        run_dir.write_manifest(seed=cfg.seed)
         print(f"run directory: {run_dir.root}")
         result = Runner(cfg, run_dir).run()
     _print_result(result)

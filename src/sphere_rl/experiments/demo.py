@@ -30,7 +30,6 @@ def run_demo(out_dir: str = "runs/demo", seed: int = 0, quick: bool = False) -> 
               f"{'x'.join(map(str, cfg.net.hidden_sizes))}, reg={cfg.reg.name}, "
               f"{cfg.run.steps_per_task:,} steps/task on {cfg.run.tasks}")
         run_dir = RunDir.create(parent, name=label.replace("+", "_"), config=cfg.to_dict(), seed=seed)
-        run_dir.write_manifest(seed=seed)
         results[label] = Runner(cfg, run_dir).run()
     print()
     print(results_table(results))

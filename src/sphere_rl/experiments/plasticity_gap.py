@@ -32,7 +32,6 @@ def run_plasticity_gap(
         for protocol in ("rl", "crl"):
             cfg = preset(preset_name, [*(overrides or []), f"seed={seed}", f"run.protocol={protocol}"])
             run_dir = RunDir.create(parent, name=f"{protocol}-seed{seed}", config=cfg.to_dict(), seed=seed)
-            run_dir.write_manifest(seed=seed)
             result = Runner(cfg, run_dir).run()
             success[protocol].append(result.final_success)
             print(f"seed {seed} {protocol:>3}: " + " ".join(f"{s:.2f}" for s in result.final_success))

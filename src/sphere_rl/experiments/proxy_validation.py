@@ -100,7 +100,6 @@ def run_proxy_validation(run_dirs: list[str] | None = None, out_dir: str = "runs
         for label, extra in VARIANTS.items():
             cfg = preset("demo", [f"seed={seed}", f"diag.every={diag_every}", *extra, *(overrides or [])])
             run_dir = RunDir.create(parent, name=label.replace("+", "_"), config=cfg.to_dict(), seed=seed)
-            run_dir.write_manifest(seed=seed)
             print(f"== {label}: CRL on {cfg.run.tasks}, diagnostics every {cfg.diag.every:,} steps")
             Runner(cfg, run_dir).run()
             labelled[label] = run_dir.root

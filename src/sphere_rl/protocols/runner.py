@@ -189,6 +189,7 @@ class Runner:
             if self.run_dir is None:
                 raise ValueError("resume needs a run directory")
             state, agent, carry = self._restore()
+            self.run_dir.write_manifest(seed=cfg.seed)  # records this session under the manifest's "resumes"
             logger.truncate_after(step_col="env_step", step=state["env_step"])
 
         t_start = time.perf_counter() - state["wall_time"]
