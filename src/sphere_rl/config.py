@@ -491,6 +491,6 @@ register_preset(
      "ppo.num_envs": 16, "ppo.n_steps": 128, "ppo.minibatch_size": 256, "ppo.n_epochs": 5, "run.log_every": 20_480,
      "run.checkpoint_every": 102_400, "diag.every": 409_600},
     "HumanoidBench H1 on a small CPU: paper network, 16 envs x 128 steps, minibatch 256, 5 epochs, 409,600 steps "
-    "per task (on 2 cores one run alone takes about 54 minutes; Top-K and + SPHERE side by side took 82 and 72; "
+    "per task (on 2 cores one run alone trains at about 634 env-steps/s, about 54 minutes; Top-K and + SPHERE side by side took 82 and 72; "
     "docs/benchmarks.md).",
 )
