@@ -42,6 +42,7 @@ HAND_WRITTEN = [
     "ppo.lr=0.001",
     "ppo.lr_final=0.001",
     "ppo.adam_eps=1e-7",
+    "ppo.kl_mode=none",
     "ppo.target_kl=none",
     "ppo.normalize_advantage=false",
     "ppo.normalize_obs=true",
@@ -104,7 +105,7 @@ def test_sbx_kwargs_names_every_problem():
     with pytest.raises(ValueError) as err:
         sbx_kwargs(cfg.validate())
     message = str(err.value)
-    for name in ("net.actor='topk_moe'", "net.critic='topk_moe'", "reg.name='sphere'", "ppo.target_kl=0.03", "ppo.lr_final"):
+    for name in ("net.actor='topk_moe'", "net.critic='topk_moe'", "reg.name='sphere'", "ppo.kl_mode='adaptive_lr'", "ppo.lr_final"):
         assert name in message
 
 

@@ -12,16 +12,19 @@ def test_defaults_are_the_official_settings():
     p = cfg.ppo
     assert (p.num_envs, p.n_steps, p.minibatch_size, p.n_epochs) == (128, 16, 64, 10)
     assert (p.gamma, p.gae_lambda, p.clip_range, p.ent_coef, p.vf_coef, p.max_grad_norm) == (0.99, 0.95, 0.2, 0.0, 0.5, 0.5)
-    assert (p.lr, p.lr_final, p.target_kl, p.normalize_obs) == (3e-4, 1e-4, 0.03, True)
+    assert (p.lr, p.lr_final, p.lr_end_fraction, p.target_kl, p.normalize_obs) == (3e-4, 1e-4, 0.5, 0.03, True)
+    # official with target_kl: SBX's KL-adaptive learning rate (rsl_rl constants), not early stopping
+    assert (p.kl_mode, p.kl_lr_min, p.kl_lr_max, p.kl_lr_factor, p.kl_lr_at_task_start) == ("adaptive_lr", 1e-5, 1e-2, 1.5, "reset")
     n = cfg.net
-    assert (n.actor, n.n_experts, n.top_k, n.hidden_sizes) == ("topk_moe", 10, 2, (256, 256, 256))
-    assert (cfg.reg.mode, cfg.reg.coef, cfg.reg.placement, cfg.reg.form) == ("loss", 0.05, "last", "concat")
+    assert (n.actor, n.n_experts, n.top_k, n.hidden_sizes, n.init) == ("topk_moe", 10, 2, (256, 256, 256), "official")
+    assert (cfg.reg.mode, cfg.reg.coef, cfg.reg.placement, cfg.reg.form) == ("loss", None, "last", "concat")
+    assert (cfg.reg.resolved_coef, cfg.reg.routing_coef, cfg.reg.critic) == (0.05, 0.0, False)
     assert cfg.batch_size == 2048 and cfg.n_minibatches == 32
     cfg.validate()
 
 
 def test_overrides_coerce_types_and_round_trip(tmp_path):
-    cfg = Config().override(["ppo.lr=1e-3", "net.hidden_sizes=64,64", "ppo.target_kl=none",
+    cfg = Config().override(["ppo.lr=1e-3", "net.hidden_sizes=64,64", "ppo.kl_mode=none", "ppo.target_kl=none",
                              "run.tensorboard=false", "seed=7", "run.steps_per_task=100_000"])
     assert cfg.ppo.lr == 1e-3 and cfg.net.hidden_sizes == (64, 64) and cfg.ppo.target_kl is None
     assert cfg.run.tensorboard is False and cfg.seed == 7 and cfg.run.steps_per_task == 100_000

@@ -25,7 +25,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.overrides or args.config:
             raise ConfigError("--resume continues a run with its saved config; drop the overrides/--config")
         run_dir = RunDir.open(args.resume)
-        cfg = Config.from_dict(run_dir.config).validate()
+        cfg = Config.from_saved(run_dir.config).validate()
         print(f"resuming {run_dir.root}")
         result = Runner(cfg, run_dir).run(resume=True)
     else:

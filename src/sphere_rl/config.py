@@ -50,6 +50,11 @@ class NetConfig:
     dispatch: str = "sparse"
     """How Top-K experts are evaluated: `sparse` (only the selected experts, exact) or `dense`
     (all experts, masked; the official way and the test reference)."""
+    init: str = "official"
+    """Weight initialisation of every layer: `official` (Flax's default `nn.Dense` init, as the official
+    code with SBX's `ortho_init` off: LeCun-normal kernels, variance 1/fan_in per expert, zero biases)
+    or `orthogonal` (orthogonal, gain sqrt(2) for hidden layers, 0.01 for action and router heads,
+    1 for value heads; the usual PPO init and this library's default before 0.3)."""
 
 
 @dataclass(frozen=True)
@@ -75,22 +80,51 @@ class PPOConfig:
     vf_coef: float = 0.5
     """Value-loss coefficient."""
     max_grad_norm: float = 0.5
-    """Global gradient-norm clip, applied to actor and critic separately (as in SBX)."""
+    """Gradient-norm clip. Not one global norm over all parameters: the actor's gradient and the
+    critic's gradient are each clipped to this norm on their own (each network has its own optimiser,
+    as in SBX and the official code)."""
     lr: float = 3e-4
-    """Initial learning rate."""
+    """Initial learning rate (and the starting point of the KL-adaptive learning rate)."""
     lr_final: float = 1e-4
-    """Learning rate at the end of each task (linear schedule, restarted per task)."""
+    """Schedule (used when `kl_mode` is not `adaptive_lr`): the learning rate reached at
+    `lr_end_fraction` of each task, kept until its end. Restarted per task."""
+    lr_end_fraction: float = 0.5
+    """Schedule: fraction of each task's steps over which the learning rate goes linearly from `lr` to
+    `lr_final` (official `lin_3e-4_1e-4_0.5`: 0.5; SB3's plain linear schedule: 1.0)."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
+    kl_mode: str = "adaptive_lr"
+    """What `target_kl` does. `adaptive_lr` (official with a target, SBX/rsl_rl rule): after every
+    minibatch, lr /= 1.5 if approx KL > 2 target, lr *= 1.5 if approx KL < target / 2, clipped to
+    [kl_lr_min, kl_lr_max], written into both Adam states; the schedule is not used. `early_stop`
+    (SB3): the update phase stops at the first minibatch whose approx KL exceeds 1.5 target; the
+    schedule is used. `none`: target_kl is not used; the schedule is."""
     target_kl: float | None = 0.03
-    """Early stopping: an update phase stops at the first minibatch whose approximate KL
-    exceeds 1.5 * target_kl (SB3/SBX semantics). None disables it."""
+    """Target approximate KL per minibatch for `kl_mode` `adaptive_lr` or `early_stop` (required by
+    both; ignored by `none`)."""
+    kl_lr_min: float = 1e-5
+    """`adaptive_lr`: lower clip of the learning rate (rsl_rl/SBX: 1e-5)."""
+    kl_lr_max: float = 1e-2
+    """`adaptive_lr`: upper clip of the learning rate (rsl_rl/SBX: 1e-2)."""
+    kl_lr_factor: float = 1.5
+    """`adaptive_lr`: the learning rate is divided or multiplied by this factor (rsl_rl/SBX: 1.5)."""
+    kl_lr_at_task_start: str = "reset"
+    """`adaptive_lr` in CRL: `reset` (official: SB3's `load` rebuilds SBX's KLAdaptiveLR at `lr` for
+    every task, while the Adam states keep the last learning rate until the first minibatch of the new
+    task writes the next one) or `carry` (the adaptive rate continues where the previous task left it)."""
     normalize_obs: bool = True
     """Running mean/variance observation normalisation (state of the agent, carried across tasks)."""
     obs_clip: float = 10.0
     """Normalised observations are clipped to [-obs_clip, obs_clip]."""
     normalize_advantage: bool = True
     """Standardise advantages per minibatch."""
+
+
+KL_MODES = ("adaptive_lr", "early_stop", "none")
+"""Values of `ppo.kl_mode`."""
+
+MODE_DEFAULT_COEF: dict[str, float] = {"loss": 0.05, "grad": 0.001, "fixed": 0.05}
+"""Default `reg.coef` per weighting mode (official: loss 0.05, grad 0.001 in the HumanoidBench SPHERE script)."""
 
 
 @dataclass(frozen=True)
@@ -100,16 +134,30 @@ class RegConfig:
     name: str = "none"
     """`none` or a registered regulariser, e.g. `sphere`."""
     mode: str = "loss"
-    """How the penalty is weighted: `loss` (lambda = coef * |L_pi + c_ent L_ent| / L_reg),
-    `grad` (gradient scaled to coef * |grad L_base| / |grad L_reg|) or `fixed` (lambda = coef)."""
-    coef: float = 0.05
-    """Ratio for `loss`/`grad` modes, lambda for `fixed`. Official: 0.05 (loss), 0.001 (grad)."""
+    """How each penalty term is weighted, per network: `loss` (lambda = coef * |L_base| / L_reg with
+    L_base = L_pi + c_ent L_ent for the actor, vf_coef L_V for the critic), `grad` (the term's gradient
+    scaled to coef * |grad L_base| / |grad L_reg|, norms over that network's parameters) or `fixed`
+    (lambda = coef)."""
+    coef: float | None = None
+    """Ratio for `loss`/`grad` modes, lambda for `fixed`. None (the default): the mode's own default,
+    `MODE_DEFAULT_COEF`: 0.05 for `loss` and 0.001 for `grad` (the official values), 0.05 for `fixed`."""
     placement: str = "last"
     """SPHERE: `last` hidden expert layer (paper default) or `all` hidden expert layers (summed)."""
     form: str = "concat"
     """SPHERE: `concat` (Gram of concatenated routing-weighted features) or `per_expert` (sum over experts)."""
-    routing_weight: float = 0.0
-    """SPHERE: weight of the same penalty on the routing probabilities P (T x E), added to the penalty."""
+    routing_coef: float = 0.0
+    """SPHERE: ratio (lambda in `fixed` mode) of the routing penalty, the same spectral penalty on the
+    router's gate weights G (T x E routed experts, zero outside the top-k: the official
+    `sphere_gating_ratio` on its top-k-masked `probs`), weighted on its own in `mode` (official
+    default 0: off)."""
+    critic: bool = False
+    """Also penalise the critic's features (its own lambda from vf_coef L_V). The official code does
+    this whenever the critic is an MoE (`apply_to.critic`); the official critic is a dense MLP."""
+
+    @property
+    def resolved_coef(self) -> float:
+        """`coef`, or the default of `mode` when it is None."""
+        return MODE_DEFAULT_COEF.get(self.mode, 0.05) if self.coef is None else self.coef
 
 
 @dataclass(frozen=True)
@@ -221,16 +269,36 @@ class Config:
     def from_dict(cls, data: dict[str, Any]) -> "Config":
         return _build(cls, data, prefix="")
 
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> "Config":
+        """A Config from a saved run's config dict, migrating layouts older than 0.3 (see `migrate`)."""
+        return cls.from_dict(migrate(data))
+
     def replace(self, **changes: Any) -> "Config":
         return dataclasses.replace(self, **changes)
 
     def override(self, overrides: list[str] | dict[str, Any]) -> "Config":
-        """Apply dotted overrides, e.g. `["ppo.lr=1e-3", "net.actor=mlp", "seed=3"]`."""
+        """Apply dotted overrides, e.g. `["ppo.lr=1e-3", "net.actor=mlp", "seed=3"]`.
+
+        A `reg.coef` equal to the default of the current `reg.mode` (a resolved default) follows a
+        change of `reg.mode` unless the same overrides set `reg.coef`: `reg.mode=grad` alone never
+        keeps the loss-mode ratio 0.05, 50x the official grad-mode value.
+        """
         data = self.to_dict()
-        items = overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides)
+        items = list(overrides.items() if isinstance(overrides, dict) else map(_split_override, overrides))
         for key, value in items:
             _set_dotted(data, key, value)
-        return Config.from_dict(data)
+        keys = {key for key, _ in items}
+        if "reg.mode" in keys and "reg.coef" not in keys and self.reg.coef == MODE_DEFAULT_COEF.get(self.reg.mode):
+            data["reg"]["coef"] = None
+        cfg = Config.from_dict(data)
+        return cfg.resolved() if self.reg.coef is not None and cfg.reg.coef is None else cfg
+
+    def resolved(self) -> "Config":
+        """The same config with every "default of its mode" value filled in (`reg.coef`)."""
+        if self.reg.coef is not None or self.reg.mode not in MODE_DEFAULT_COEF:
+            return self
+        return dataclasses.replace(self, reg=dataclasses.replace(self.reg, coef=self.reg.resolved_coef))
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first bad field; return self when valid."""
@@ -356,6 +424,7 @@ def _validate(cfg: Config) -> None:
     _check(n.activation in ("relu", "tanh"), "net.activation", "must be 'relu' or 'tanh'", n.activation)
     _check(n.load_balance_coef >= 0, "net.load_balance_coef", "must be >= 0", n.load_balance_coef)
     _check(n.dispatch in nets.DISPATCH_MODES, "net.dispatch", f"must be one of {sorted(nets.DISPATCH_MODES)}", n.dispatch)
+    _check(n.init in nets.INITS, "net.init", f"must be one of {sorted(nets.INITS)}", n.init)
 
     for fname in ("num_envs", "n_steps", "minibatch_size", "n_epochs"):
         _check(getattr(p, fname) >= 1, f"ppo.{fname}", "must be >= 1", getattr(p, fname))
@@ -371,16 +440,25 @@ def _validate(cfg: Config) -> None:
     _check(p.max_grad_norm > 0, "ppo.max_grad_norm", "must be > 0", p.max_grad_norm)
     _check(p.lr > 0, "ppo.lr", "must be > 0", p.lr)
     _check(p.lr_final >= 0, "ppo.lr_final", "must be >= 0", p.lr_final)
+    _check(0.0 < p.lr_end_fraction <= 1.0, "ppo.lr_end_fraction", "must be in (0, 1]", p.lr_end_fraction)
     _check(p.adam_eps > 0, "ppo.adam_eps", "must be > 0", p.adam_eps)
+    _check(p.kl_mode in KL_MODES, "ppo.kl_mode", f"must be one of {', '.join(KL_MODES)}", p.kl_mode)
     _check(p.target_kl is None or p.target_kl > 0, "ppo.target_kl", "must be > 0 or none", p.target_kl)
+    _check(p.target_kl is not None or p.kl_mode == "none", "ppo.target_kl",
+           f"must be set for ppo.kl_mode={p.kl_mode} (or use ppo.kl_mode=none)", p.target_kl)
+    _check(p.kl_lr_min > 0, "ppo.kl_lr_min", "must be > 0", p.kl_lr_min)
+    _check(p.kl_lr_max >= p.kl_lr_min, "ppo.kl_lr_max", f"must be >= ppo.kl_lr_min ({p.kl_lr_min})", p.kl_lr_max)
+    _check(p.kl_lr_factor > 1, "ppo.kl_lr_factor", "must be > 1", p.kl_lr_factor)
+    _check(p.kl_lr_at_task_start in ("reset", "carry"), "ppo.kl_lr_at_task_start", "must be 'reset' or 'carry'",
+           p.kl_lr_at_task_start)
     _check(p.obs_clip > 0, "ppo.obs_clip", "must be > 0", p.obs_clip)
 
     _check(r.name in regularizers.REGULARIZERS, "reg.name", f"must be one of {sorted(regularizers.REGULARIZERS)}", r.name)
     _check(r.mode in ("loss", "grad", "fixed"), "reg.mode", "must be 'loss', 'grad' or 'fixed'", r.mode)
-    _check(r.coef >= 0, "reg.coef", "must be >= 0", r.coef)
+    _check(r.coef is None or r.coef >= 0, "reg.coef", "must be >= 0 (or none: the mode's default)", r.coef)
     _check(r.placement in ("last", "all"), "reg.placement", "must be 'last' or 'all'", r.placement)
     _check(r.form in ("concat", "per_expert"), "reg.form", "must be 'concat' or 'per_expert'", r.form)
-    _check(r.routing_weight >= 0, "reg.routing_weight", "must be >= 0", r.routing_weight)
+    _check(r.routing_coef >= 0, "reg.routing_coef", "must be >= 0", r.routing_coef)
 
     _check(run.protocol in ("rl", "crl"), "run.protocol", "must be 'rl' or 'crl'", run.protocol)
     try:
@@ -424,11 +502,11 @@ def preset(name: str, overrides: list[str] | dict[str, Any] | None = None) -> Co
     cfg = Config().override(PRESETS[name]["overrides"])
     if overrides:
         cfg = cfg.override(overrides)
-    return cfg.validate()
+    return cfg.validate().resolved()
 
 
 def load(path: str) -> Config:
-    """Load a Config from a JSON file (e.g. a run directory's config.json)."""
+    """Load a Config from a JSON file (e.g. a run directory's config.json; older layouts are migrated)."""
     try:
         with open(path) as fh:
             data = json.load(fh)
@@ -436,7 +514,28 @@ def load(path: str) -> Config:
         raise ConfigError(f"config file {path!r} does not exist") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"config file {path!r} is not valid JSON: {err}") from None
-    return Config.from_dict(data)
+    return Config.from_saved(data)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A config dict written before 0.3 (no `ppo.kl_mode`), rewritten to mean what that run did.
+
+    Those runs stopped update phases early when `target_kl` was set (now `kl_mode=early_stop`),
+    decayed the learning rate over the whole task (`lr_end_fraction=1`), used orthogonal init and
+    called the routing penalty's weight `routing_weight` (added to the feature penalty under one
+    lambda; it was 0 in every preset). Complete configs pass through unchanged.
+    """
+    ppo, net, reg = (data.get(k) for k in ("ppo", "net", "reg"))
+    if not isinstance(ppo, dict) or "kl_mode" in ppo:
+        return data
+    data = json.loads(json.dumps(data))  # a deep copy
+    ppo, net, reg = data["ppo"], data.setdefault("net", {}), data.setdefault("reg", {})
+    ppo["kl_mode"] = "none" if ppo.get("target_kl") is None else "early_stop"
+    ppo.setdefault("lr_end_fraction", 1.0)
+    net.setdefault("init", "orthogonal")
+    if "routing_weight" in reg:
+        reg["routing_coef"] = reg.pop("routing_weight")
+    return data
 
 
 register_preset("default", {}, "Library defaults: official HumanoidBench PPO + Top-K MoE (E=10, k=2, 3x256) on arm6 CRL.")

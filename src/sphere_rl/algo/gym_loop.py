@@ -21,6 +21,10 @@ from sphere_rl.algo.ppo import PPO, AgentState
 from sphere_rl.algo.rollout import Trajectory, learn_from_rollout
 
 
+EVAL_MAX_STEPS = 10_000
+"""Evaluation bound for an env that states no `max_episode_steps` (no time limit)."""
+
+
 class GymCarry(flax.struct.PyTreeNode):
     raw_obs: jax.Array
     key: jax.Array
@@ -79,10 +83,15 @@ class GymLoop:
         traj = traj._replace(rewards=traj.rewards + bootstrap)
         return learn_from_rollout(self.ppo, agent_state, traj, last_step[0], key, learning_rate)
 
-    def start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, GymCarry]:
-        """Build and reset the vector env for a task (`env_params` is unused: the env id is bound in make_env)."""
+    def close(self) -> None:
+        """Close the training vector env (and its subprocesses with async envs); `start` makes a new one."""
         if self.env is not None:
             self.env.close()
+            self.env = None
+
+    def start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, GymCarry]:
+        """Build and reset the vector env for a task (`env_params` is unused: the env id is bound in make_env)."""
+        self.close()
         n = self.cfg.ppo.num_envs
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
         self.env = self.make_env(n, seed)
@@ -125,7 +134,13 @@ class GymLoop:
         return agent_state, carry, metrics
 
     def evaluate(self, agent_state: AgentState, env_params: Any, key: jax.Array) -> dict[str, Any]:
-        """Deterministic policy on a fresh vector env of `eval_episodes` envs; first episode of each scored."""
+        """Deterministic policy on a fresh vector env of `eval_episodes` envs; first episode of each scored.
+
+        Bounded like `JaxLoop.evaluate`: at most the env's `max_episode_steps` steps (or
+        `EVAL_MAX_STEPS` for an env without a time limit). An episode still running then is scored
+        as if truncated there: its return so far and the success flag of its last step;
+        `episodes` counts the episodes that ended by themselves.
+        """
         n = self.cfg.run.eval_episodes
         acting = agent_state.replace(opt_state=None)
         seed = int(jax.random.randint(key, (), 0, 2**31 - 1))
@@ -133,19 +148,22 @@ class GymLoop:
         try:
             obs, _ = env.reset(seed=seed)
             low, high = env.single_action_space.low, env.single_action_space.high
+            max_steps = getattr(env, "max_episode_steps", None) or EVAL_MAX_STEPS
             finished = np.zeros(n, bool)
             ret = np.zeros(n, np.float64)
             success = np.zeros(n, bool)
-            while not finished.all():
+            for _ in range(max_steps):
                 _, action, _, _ = self._act(acting, jnp.asarray(obs, jnp.float32), key, deterministic=True)
                 obs, reward, terminated, truncated, info = env.step(np.clip(np.asarray(action), low, high))
                 ret += np.where(finished, 0.0, reward)
-                done_now = np.logical_and(np.logical_or(terminated, truncated), ~finished)
-                success = np.where(done_now, np.asarray(info.get("success", np.zeros(n, bool)), bool), success)
-                finished |= done_now
+                step_success = np.asarray(info.get("success", np.zeros(n, bool)), bool)
+                success = np.where(finished, success, step_success)
+                finished |= np.logical_or(terminated, truncated)
+                if finished.all():
+                    break
         finally:
             env.close()
-        return {"return": ret.mean(), "success": success.mean(), "episodes": n}
+        return {"return": ret.mean(), "success": success.mean(), "episodes": int(finished.sum())}
 
     def collect_states(self, agent_state: AgentState, env_params: Any, key: jax.Array, n_steps: int) -> np.ndarray:
         """Raw observations met by the stochastic policy in `n_steps` steps of a fresh vector env.

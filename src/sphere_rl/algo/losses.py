@@ -42,6 +42,14 @@ def clipped_surrogate(log_prob: jax.Array, old_log_prob: jax.Array, advantages: 
     }
 
 
+def approx_kl(log_ratio: jax.Array, eps: float = 0.0) -> jax.Array:
+    """Approximate KL `mean((r - 1 + eps) - log(r + eps))`, r = exp(log_ratio). eps = 0: SB3's estimator
+    (`clipped_surrogate`'s `approx_kl`); eps = 1e-7: the official SPHERE code's, which drives its
+    adaptive learning rate."""
+    ratio = jnp.exp(log_ratio)
+    return jnp.mean((ratio - 1.0 + eps) - jnp.log(ratio + eps))
+
+
 def value_loss(values: jax.Array, returns: jax.Array) -> jax.Array:
     """Unclipped mean squared error (SB3 default, clip_range_vf=None)."""
     return jnp.mean(jnp.square(returns - values))

@@ -1,8 +1,15 @@
 """PPO agent: the agent-state pytree, the policy step and the fused, jitted update phase.
 
 The whole update phase (epochs x minibatches, shuffling included) is one `jax.lax.scan` inside one
-jitted call. Target-KL handling is SB3/SBX early stopping: the phase stops at the first minibatch
-whose approximate KL exceeds 1.5 * target_kl; that minibatch's step and all later ones are skipped.
+jitted call. What `target_kl` does is `ppo.kl_mode`:
+- `adaptive_lr` (the official runs): every minibatch step is applied; after each one the learning
+  rate follows SBX's `KLAdaptiveLR` (the rsl_rl rule) on that minibatch's approximate KL
+  `mean((r - 1 + 1e-7) - log(r + 1e-7))`, and the new rate is written into the actor's and the
+  critic's Adam states before the next minibatch. The rate is `AgentState.kl_lr`.
+- `early_stop` (SB3): the phase stops at the first minibatch whose approximate KL exceeds
+  1.5 * target_kl; that minibatch's step and all later ones are skipped.
+- `none`: every step is applied.
+Outside `adaptive_lr` the learning rate comes from the schedule (`PPO.learning_rate`).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from sphere_rl.algo.losses import (
+    approx_kl,
     clipped_surrogate,
     gaussian_entropy,
     gaussian_log_prob,
@@ -27,14 +35,24 @@ from sphere_rl.nets import make_actor, make_critic
 from sphere_rl.regularizers import make_regularizer
 
 Params = dict[str, Any]
+NETWORKS = ("actor", "critic")
+ADAPTIVE_KL_EPS = 1e-7
+"""The eps of the official code's approximate KL, `mean((r - 1 + eps) - log(r + eps))`."""
+NORM_EPS = 1e-8
+"""The official grad mode's norms: sqrt(sum of squares + 1e-8), and 1e-8 added to the divisor."""
 
 
 class AgentState(flax.struct.PyTreeNode):
-    """Everything that learns: network parameters, optimiser state and the observation normaliser."""
+    """Everything that learns and is checkpointed: parameters, optimiser states, the observation
+    normaliser, the KL-adaptive learning rate and the regulariser's state."""
 
     params: Params  # {"actor": ..., "critic": ...}
     opt_state: dict[str, Any]  # {"actor": ..., "critic": ...}: separate Adam states, as in SBX
     obs_rms: RunningMeanStd
+    kl_lr: jax.Array
+    """() float32: SBX's `KLAdaptiveLR.current_adaptive_lr` (`kl_mode=adaptive_lr`; else unused)."""
+    reg_state: Any = None
+    """{network: state} of the regulariser for each penalised network (None without a regulariser)."""
 
 
 class Batch(NamedTuple):
@@ -55,6 +73,29 @@ def _global_norm(tree: Any) -> jax.Array:
     return optax.tree.norm(tree)
 
 
+def _official_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(jnp.square(_global_norm(tree)) + NORM_EPS)
+
+
+def adaptive_lr_update(lr: jax.Array, kl: jax.Array, target_kl: float, factor: float = 1.5,
+                       lr_min: float = 1e-5, lr_max: float = 1e-2, margin: float = 2.0) -> jax.Array:
+    """SBX's `KLAdaptiveLR.update` (rsl_rl): divide by `factor` above margin * target, multiply below
+    target / margin, then clip to [lr_min, lr_max]."""
+    lr = jnp.where(kl > target_kl * margin, lr / factor, jnp.where(kl < target_kl / margin, lr * factor, lr))
+    return jnp.clip(lr, lr_min, lr_max)
+
+
+def opt_learning_rate(opt_state: Any) -> jax.Array:
+    """The learning rate inside one network's optimiser state (optax `inject_hyperparams`)."""
+    return opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(opt_states: dict[str, Any], learning_rate: jax.Array) -> dict[str, Any]:
+    """Every network's optimiser state with `learning_rate` written in (SBX's `_update_learning_rate`)."""
+    lr = jnp.asarray(learning_rate, jnp.float32)
+    return {name: s._replace(hyperparams={**s.hyperparams, "learning_rate": lr}) for name, s in opt_states.items()}
+
+
 class PPO:
     """Static description of a PPO learner (networks, optimiser, regulariser) plus jitted functions.
 
@@ -68,6 +109,9 @@ class PPO:
         self.actor = make_actor(cfg.net, action_dim)
         self.critic = make_critic(cfg.net)
         self.regularizer = make_regularizer(cfg.reg)
+        self.reg_networks: tuple[str, ...] = ()
+        if self.regularizer is not None:
+            self.reg_networks = ("actor", "critic") if cfg.reg.critic else ("actor",)
         p = cfg.ppo
         self.tx = optax.inject_hyperparams(_make_optimizer, static_args=("max_grad_norm", "eps"))(
             learning_rate=p.lr, max_grad_norm=p.max_grad_norm, eps=p.adam_eps
@@ -80,18 +124,54 @@ class PPO:
         k_actor, k_critic = jax.random.split(key)
         dummy = jnp.zeros((1, self.obs_dim), jnp.float32)
         params = {"actor": self.actor.init(k_actor, dummy), "critic": self.critic.init(k_critic, dummy)}
-        return AgentState(params=params, opt_state=self.init_optimizer(params), obs_rms=RunningMeanStd.create(self.obs_dim))
+        reg_state = None
+        if self.regularizer is not None:
+            reg_state = {name: self.regularizer.init_state(params[name]) for name in self.reg_networks}
+        return AgentState(params=params, opt_state=self.init_optimizer(params),
+                          obs_rms=RunningMeanStd.create(self.obs_dim),
+                          kl_lr=jnp.asarray(self.cfg.ppo.lr, jnp.float32), reg_state=reg_state)
 
     def init_optimizer(self, params: Params) -> dict[str, Any]:
-        return {name: self.tx.init(params[name]) for name in ("actor", "critic")}
+        return {name: self.tx.init(params[name]) for name in NETWORKS}
 
     def reset_optimizer(self, state: AgentState) -> AgentState:
-        return state.replace(opt_state=self.init_optimizer(state.params))
+        """Fresh Adam states (moments, step count, learning rate `ppo.lr`) and adaptive rate `ppo.lr`."""
+        return state.replace(opt_state=self.init_optimizer(state.params),
+                             kl_lr=jnp.asarray(self.cfg.ppo.lr, jnp.float32))
+
+    def start_task(self, state: AgentState) -> AgentState:
+        """What happens to the agent at the start of every task, after the protocol chose it.
+
+        `adaptive_lr` with `kl_lr_at_task_start=reset` restarts the adaptive rate at `ppo.lr`, as SB3's
+        `load` (which rebuilds SBX's KLAdaptiveLR) does in the official CRL loop; the Adam states keep
+        their last learning rate until the first minibatch of the task writes the next one. Then the
+        regulariser's `on_task_start` hook runs for each penalised network.
+        """
+        p = self.cfg.ppo
+        if p.kl_mode == "adaptive_lr" and p.kl_lr_at_task_start == "reset":
+            state = state.replace(kl_lr=jnp.asarray(p.lr, jnp.float32))
+        if self.regularizer is not None:
+            reg_state = {name: self.regularizer.on_task_start(state.reg_state[name], state.params[name])
+                         for name in self.reg_networks}
+            state = state.replace(reg_state=reg_state)
+        return state
 
     def learning_rate(self, progress: float) -> float:
-        """Linear schedule from lr to lr_final as task progress goes from 0 to 1."""
+        """The schedule at task progress in [0, 1]: linear from lr to lr_final over the first
+        `lr_end_fraction` of the task, then lr_final (SB3's `get_linear_fn`, as the official
+        `lin_3e-4_1e-4_0.5`). Not used with `kl_mode=adaptive_lr`."""
         p = self.cfg.ppo
-        return p.lr + (p.lr_final - p.lr) * min(max(progress, 0.0), 1.0)
+        progress = min(max(progress, 0.0), 1.0)
+        if progress >= p.lr_end_fraction:
+            return p.lr_final
+        return p.lr + (p.lr_final - p.lr) * progress / p.lr_end_fraction
+
+    def iteration_learning_rate(self, iteration: int) -> float:
+        """The schedule's rate for the update phase of iteration `iteration` (0-based) of a task.
+
+        As in SB3, progress is counted after the iteration's rollout, (iteration + 1) * batch over the
+        task's step budget, so the last update phase of a task runs at `lr_final`."""
+        return self.learning_rate((iteration + 1) * self.cfg.batch_size / self.cfg.run.steps_per_task)
 
     # ------------------------------------------------------------------ acting
     def normalize_obs(self, state: AgentState, raw_obs: jax.Array) -> jax.Array:
@@ -114,71 +194,136 @@ class PPO:
         return self.critic.apply(state.params["critic"], obs).value
 
     # ------------------------------------------------------------------ losses
-    def _losses(self, params: Params, mb: Batch) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
-        """Return (base loss, unweighted regulariser penalty, metrics)."""
+    def _losses(self, params: Params, mb: Batch, reg_state: Any = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """The loss as named, unweighted scalar terms, and metrics.
+
+        Terms: `actor/base` = L_pi - c_ent * entropy (+ the actor's load-balancing loss),
+        `critic/base` = vf_coef * L_V (+ the critic's), and `<network>/<term>` for every enabled
+        regulariser term of each penalised network (weighted later, in `_gradients`).
+        """
         p = self.cfg.ppo
-        actor_out = self.actor.apply(params["actor"], mb.obs)
-        critic_out = self.critic.apply(params["critic"], mb.obs)
+        outputs = {"actor": self.actor.apply(params["actor"], mb.obs), "critic": self.critic.apply(params["critic"], mb.obs)}
+        actor_out, critic_out = outputs["actor"], outputs["critic"]
         log_prob = gaussian_log_prob(actor_out.mean, actor_out.log_std, mb.actions)
         advantages = normalize_advantages(mb.advantages) if p.normalize_advantage else mb.advantages
         surrogate = clipped_surrogate(log_prob, mb.log_probs, advantages, p.clip_range)
         entropy = gaussian_entropy(actor_out.log_std)
         v_loss = value_loss(critic_out.value, mb.returns)
         policy_objective = surrogate["policy_loss"] - p.ent_coef * entropy
-        base = policy_objective + p.vf_coef * v_loss + actor_out.aux_loss + critic_out.aux_loss
+        terms = {
+            "actor/base": policy_objective + actor_out.aux_loss,
+            "critic/base": p.vf_coef * v_loss + critic_out.aux_loss,
+        }
         metrics = {
             **surrogate,
+            "approx_kl_official": approx_kl(log_prob - mb.log_probs, ADAPTIVE_KL_EPS),
             "value_loss": v_loss,
             "entropy": entropy,
             "aux_loss": actor_out.aux_loss + critic_out.aux_loss,
             "policy_objective": policy_objective,
         }
-        if self.regularizer is None:
-            return base, jnp.zeros(()), metrics
-        penalty, info = self.regularizer.penalty(actor_out, params["actor"])
-        metrics.update({f"reg/{k}": v for k, v in info.items()})
-        return base, penalty, metrics
+        for name in self.reg_networks:
+            state = None if reg_state is None else reg_state[name]
+            reg_terms, info = self.regularizer.penalty(outputs[name], params[name], state)
+            coefs = self.regularizer.coefs
+            terms.update({f"{name}/{k}": v for k, v in reg_terms.items() if coefs.get(k, 0.0) > 0})
+            prefix = "reg/" if name == "actor" else "reg/critic/"
+            metrics.update({f"{prefix}{k}": v for k, v in info.items()})
+        return terms, metrics
 
-    def _gradients(self, params: Params, mb: Batch) -> tuple[Params, dict[str, jax.Array]]:
+    def _base_loss_for_scale(self, name: str, terms: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> jax.Array:
+        """|L_base| that `loss` mode scales a network's penalty against: |L_pi + c_ent L_ent| (official,
+        without the load-balancing loss) for the actor, |vf_coef L_V| for the critic."""
+        if name == "actor":
+            return jnp.abs(metrics["policy_objective"])
+        return jnp.abs(self.cfg.ppo.vf_coef * metrics["value_loss"])
+
+    @staticmethod
+    def _metric_key(name: str, term: str, what: str) -> str:
+        """Metric name of a penalty term: `reg/penalty`, `reg/lambda`, `reg/loss_share`, `reg/grad_share`
+        for the actor's main (`feature`) term; `reg/<network>/<term>[/what]` for the others."""
+        if name == "actor" and term == "feature":
+            return f"reg/{what or 'penalty'}"
+        return f"reg/{name}/{term}" + (f"/{what}" if what else "")
+
+    def _term_metrics(self, name: str, term: str, value: jax.Array, lam: jax.Array, terms: dict[str, jax.Array],
+                      metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+        base = self._base_loss_for_scale(name, terms, metrics)
+        return {
+            self._metric_key(name, term, ""): value,
+            self._metric_key(name, term, "lambda"): lam,
+            self._metric_key(name, term, "loss_share"): lam * value / (base + 1e-8),
+        }
+
+    def _penalty_terms(self) -> list[tuple[str, str, float]]:
+        """(network, term, coefficient) of every enabled penalty term, in a fixed order."""
+        if self.regularizer is None:
+            return []
+        return [(name, term, coef) for name in self.reg_networks for term, coef in self.regularizer.coefs.items() if coef > 0]
+
+    def _gradients(self, params: Params, mb: Batch, reg_state: Any = None) -> tuple[Params, dict[str, jax.Array]]:
+        """Gradients of the weighted loss, and metrics. Each penalty term gets its own weight, per network:
+
+        - `fixed`: lambda = coef;
+        - `loss`: lambda = coef * |L_base| / (L_term + 1e-8), not differentiated (official);
+        - `grad`: the term's gradient is scaled to coef * |g_base| / (|g_term| + 1e-8), norms over that
+          network's parameters, |x| = sqrt(sum x^2 + 1e-8) (official): one backward pass per term.
+        Logged per term: the value, lambda (the gradient scale in `grad` mode), its loss share
+        lambda * L_term / |L_base| and, in `grad` mode, its gradient share |s g_term| / |g_base|
+        (= coef up to the epsilons, by construction).
+        """
         reg = self.cfg.reg
-        if self.regularizer is None or reg.mode != "grad":
+        penalties = self._penalty_terms()
+        if reg.mode != "grad" or not penalties:
 
             def total_loss(params: Params):
-                base, penalty, metrics = self._losses(params, mb)
-                if self.regularizer is None:
-                    lam = jnp.zeros(())
-                elif reg.mode == "fixed":
-                    lam = jnp.asarray(reg.coef, jnp.float32)
-                else:  # "loss": lambda = ratio * |L_pi + c_ent L_ent| / (L_reg + 1e-8), no gradient through it
-                    lam = jax.lax.stop_gradient(reg.coef * jnp.abs(metrics["policy_objective"]) / (penalty + 1e-8))
-                metrics.update({"reg/penalty": penalty, "reg/lambda": lam})
-                return base + lam * penalty, metrics
+                terms, metrics = self._losses(params, mb, reg_state)
+                loss = terms["actor/base"] + terms["critic/base"]
+                for name, term, coef in penalties:
+                    value = terms[f"{name}/{term}"]
+                    if reg.mode == "fixed":
+                        lam = jnp.asarray(coef, jnp.float32)
+                    else:
+                        lam = jax.lax.stop_gradient(coef * self._base_loss_for_scale(name, terms, metrics) / (value + 1e-8))
+                    loss = loss + lam * value
+                    metrics.update(self._term_metrics(name, term, value, lam, terms, metrics))
+                return loss, metrics
 
             (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
         else:
-            # "grad": g = g_base + s * g_reg with s = ratio * |g_base| / |g_reg| over the actor parameters.
-            def both(params: Params):
-                base, penalty, metrics = self._losses(params, mb)
-                return jnp.stack([base, penalty]), metrics
+            names = ["base", *(f"{name}/{term}" for name, term, _ in penalties)]
 
-            (values, vjp_fn, metrics) = jax.vjp(both, params, has_aux=True)
-            (g_base,) = vjp_fn(jnp.array([1.0, 0.0], values.dtype))
-            (g_reg,) = vjp_fn(jnp.array([0.0, 1.0], values.dtype))
-            scale = jax.lax.stop_gradient(
-                reg.coef * _global_norm(g_base["actor"]) / (_global_norm(g_reg["actor"]) + 1e-12)
-            )
-            grads = jax.tree.map(lambda a, b: a + scale * b, g_base, g_reg)
-            loss = values[0] + scale * values[1]
-            metrics.update({"reg/penalty": values[1], "reg/lambda": scale})
+            def stacked(params: Params):
+                terms, metrics = self._losses(params, mb, reg_state)
+                values = [terms["actor/base"] + terms["critic/base"], *(terms[n] for n in names[1:])]
+                return jnp.stack(values), (terms, metrics)
+
+            values, vjp_fn, (terms, metrics) = jax.vjp(stacked, params, has_aux=True)
+            basis = jnp.eye(len(names), dtype=values.dtype)
+            (g_base,) = vjp_fn(basis[0])
+            grads = dict(g_base)
+            loss = values[0]
+            for i, (name, term, coef) in enumerate(penalties, start=1):
+                (g_term,) = vjp_fn(basis[i])
+                base_norm = _official_norm(g_base[name])
+                term_norm = _official_norm(g_term[name])
+                scale = jax.lax.stop_gradient(coef * base_norm / (term_norm + NORM_EPS))
+                grads[name] = jax.tree.map(lambda g, t: g + scale * t, grads[name], g_term[name])
+                loss = loss + scale * values[i]
+                metrics.update(self._term_metrics(name, term, values[i], scale, terms, metrics))
+                metrics[self._metric_key(name, term, "grad_share")] = scale * _global_norm(g_term[name]) / _global_norm(g_base[name])
+        if not any(name == "actor" and term == "feature" for name, term, _ in penalties):
+            metrics.update({"reg/penalty": jnp.zeros(()), "reg/lambda": jnp.zeros(())})
         metrics["loss"] = loss
         metrics["grad_norm/actor"] = _global_norm(grads["actor"])
         metrics["grad_norm/critic"] = _global_norm(grads["critic"])
         return grads, metrics
 
     def apply_gradients(self, state: AgentState, grads: Params) -> AgentState:
-        """One optimiser step (global-norm clip + Adam) on actor and critic separately."""
+        """One optimiser step on actor and critic separately: each network's gradient is clipped to
+        `max_grad_norm` by its own global norm, then its own Adam step (as SBX and the official code)."""
         new_params, new_opt = {}, {}
-        for name in ("actor", "critic"):
+        for name in NETWORKS:
             updates, new_opt[name] = self.tx.update(grads[name], state.opt_state[name], state.params[name])
             new_params[name] = optax.apply_updates(state.params[name], updates)
         return state.replace(params=new_params, opt_state=new_opt)
@@ -186,19 +331,28 @@ class PPO:
     # ------------------------------------------------------------------ update phase
     def _minibatch_step(self, carry: tuple[AgentState, jax.Array], mb: Batch):
         state, stopped = carry
-        target_kl = self.cfg.ppo.target_kl
+        p = self.cfg.ppo
 
         def run(state: AgentState):
-            grads, metrics = self._gradients(state.params, mb)
-            if target_kl is None:
+            lr_used = opt_learning_rate(state.opt_state["actor"])
+            grads, metrics = self._gradients(state.params, mb, state.reg_state)
+            if p.kl_mode == "early_stop":
+                # A branch, not a select: a select would read and write every parameter and moment twice.
+                kl_ok = metrics["approx_kl"] <= 1.5 * p.target_kl
+                state = jax.lax.cond(kl_ok, self.apply_gradients, lambda s, g: s, state, grads)
+            else:
                 kl_ok = jnp.asarray(True)
                 state = self.apply_gradients(state, grads)
-            else:
-                # A branch, not a select: a select would read and write every parameter and moment twice.
-                kl_ok = metrics["approx_kl"] <= 1.5 * target_kl
-                state = jax.lax.cond(kl_ok, self.apply_gradients, lambda s, g: s, state, grads)
-            metrics = {**metrics, "computed": jnp.ones(()), "applied": kl_ok.astype(jnp.float32)}
+            if p.kl_mode == "adaptive_lr":
+                kl_lr = adaptive_lr_update(state.kl_lr, metrics["approx_kl_official"], p.target_kl, p.kl_lr_factor,
+                                           p.kl_lr_min, p.kl_lr_max)
+                state = state.replace(kl_lr=kl_lr, opt_state=with_learning_rate(state.opt_state, kl_lr))
+            metrics = {**metrics, "learning_rate": lr_used, "computed": jnp.ones(()), "applied": kl_ok.astype(jnp.float32)}
             return state, jnp.logical_not(kl_ok), metrics
+
+        if p.kl_mode != "early_stop":
+            state, _, metrics = run(state)
+            return (state, stopped), metrics
 
         metric_shapes = jax.eval_shape(lambda s: run(s)[2], state)
 
@@ -210,14 +364,17 @@ class PPO:
         return (state, jnp.logical_or(stopped, stop_now)), metrics
 
     def _update_phase(self, state: AgentState, batch: Batch, key: jax.Array, learning_rate: jax.Array):
-        """Epochs x minibatches of PPO updates on a flat batch, as one scan. Returns (state, metrics)."""
+        """Epochs x minibatches of PPO updates on a flat batch, as one scan. Returns (state, metrics).
+
+        `learning_rate` (the schedule's value) is written into both Adam states first, except with
+        `kl_mode=adaptive_lr`, where the rate already in them (the adaptive one) is used and updated.
+        Metrics: `learning_rate` is the mean rate the applied steps used, `learning_rate_end` the rate
+        in the Adam states after the phase.
+        """
         cfg = self.cfg
         n_mb, mb_size = cfg.n_minibatches, cfg.ppo.minibatch_size
-        opt_state = {
-            name: s._replace(hyperparams={**s.hyperparams, "learning_rate": jnp.asarray(learning_rate, jnp.float32)})
-            for name, s in state.opt_state.items()
-        }
-        state = state.replace(opt_state=opt_state)
+        if cfg.ppo.kl_mode != "adaptive_lr":
+            state = state.replace(opt_state=with_learning_rate(state.opt_state, learning_rate))
 
         def epoch(carry, epoch_key):
             perm = jax.random.permutation(epoch_key, cfg.batch_size)
@@ -232,6 +389,6 @@ class PPO:
         summary = {k: jnp.sum(v * computed) / denom for k, v in metrics.items()}
         summary["n_updates"] = applied.sum()
         summary["early_stopped"] = stopped.astype(jnp.float32)
-        summary["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+        summary["learning_rate_end"] = opt_learning_rate(state.opt_state["actor"])
         summary["log_std"] = jnp.mean(state.params["actor"]["params"]["log_std"])
         return state, summary

@@ -59,9 +59,9 @@ Mapping decisions (see `sbx_kwargs` and `sbx_env_kwargs`)
   orthogonal(sqrt 2): initialisation does not change the cost of a step). Adam eps = `ppo.adam_eps`;
   both clip the global gradient norm of actor and critic separately with `ppo.max_grad_norm`.
 * Learning rate: constant on both sides (`ppo.lr_final` is set to `ppo.lr`).
-* `ppo.target_kl` is set to none: ours stops an update phase early (SB3 semantics) while SBX's
-  `target_kl` adapts the learning rate instead; with it off, both do exactly
-  n_epochs * batch / minibatch gradient steps per rollout.
+* `ppo.kl_mode=none`, `ppo.target_kl=none`: with a target KL, SBX adapts the learning rate (our
+  `kl_mode=adaptive_lr`), a data-dependent rate that would make the two runs' work diverge; with it
+  off, both do exactly n_epochs * batch / minibatch gradient steps per rollout.
 * Observation normalisation: SBX's PPO has none of its own; SB3 users wrap the env in
   `VecNormalize`. Ours normalises inside the jitted policy call (`ppo.normalize_obs`, on by
   default). Fair and representative: when `ppo.normalize_obs` is on, SBX gets
@@ -117,6 +117,7 @@ BENCH_OVERRIDES = (
     "net.actor=mlp",
     "net.critic=mlp",
     "reg.name=none",
+    "ppo.kl_mode=none",
     "ppo.target_kl=none",
     "run.protocol=rl",
     "diag.enabled=false",
@@ -219,9 +220,9 @@ def sbx_kwargs(cfg: Config) -> dict[str, Any]:
         problems.append(f"net.critic={n.critic!r}: SBX PPO has only a dense MLP critic (use net.critic=mlp)")
     if cfg.reg.name != "none":
         problems.append(f"reg.name={cfg.reg.name!r}: SBX PPO has no regulariser (use reg.name=none)")
-    if p.target_kl is not None:
-        problems.append(f"ppo.target_kl={p.target_kl!r}: ours stops the update phase early, SBX's target_kl "
-                        "adapts the learning rate instead (use ppo.target_kl=none)")
+    if p.kl_mode != "none":
+        problems.append(f"ppo.kl_mode={p.kl_mode!r}: the comparison runs without a target KL, so both sides do the "
+                        "same number of gradient steps (use ppo.kl_mode=none ppo.target_kl=none)")
     if p.lr_final != p.lr:
         problems.append(f"ppo.lr_final={p.lr_final!r} differs from ppo.lr={p.lr!r}: the comparison uses a constant "
                         "learning rate on both sides")
@@ -329,7 +330,7 @@ def _child_ours(spec: dict[str, Any]) -> dict[str, Any]:
     iterations = cfg.iterations_per_task
     ends, episodes, return_sum = [], 0.0, 0.0
     for it in range(iterations):  # what Runner.run does per iteration, minus eval/diag/logging/checkpoints
-        lr = jnp.asarray(runner.ppo.learning_rate(it / iterations), jnp.float32)
+        lr = jnp.asarray(runner.ppo.iteration_learning_rate(it), jnp.float32)
         agent, carry, metrics = loop.iteration(agent, carry, params, lr)
         metrics = jax.device_get(metrics)
         ends.append(time.perf_counter())

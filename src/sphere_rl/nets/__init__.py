@@ -8,6 +8,7 @@ import flax.linen as nn
 
 from sphere_rl.config import NetConfig
 from sphere_rl.nets import mlp, moe
+from sphere_rl.nets.layers import INITS
 from sphere_rl.nets.moe import DISPATCH_MODES
 from sphere_rl.nets.outputs import ActorOutput, CriticOutput, Features
 
@@ -49,6 +50,7 @@ __all__ = [
     "ACTORS",
     "CRITICS",
     "DISPATCH_MODES",
+    "INITS",
     "ActorOutput",
     "CriticOutput",
     "Features",

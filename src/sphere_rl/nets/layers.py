@@ -25,6 +25,28 @@ GATE_HEAD_GAIN = 0.01
 """Orthogonal gain of the router's logit layer: logits start near 0, so routing starts near uniform."""
 
 
+INITS = ("official", "orthogonal")
+"""Weight-initialisation schemes (`net.init`). `official`: Flax's `nn.Dense` default, LeCun-normal
+kernels (truncated normal, variance 1 / fan_in) and zero biases, every layer including the heads (the
+official SPHERE code; SBX's `ortho_init` is off there). `orthogonal`: orthogonal kernels with the
+per-role gains above, zero biases."""
+
+
+def lecun_normal_stacked() -> Initializer:
+    """LeCun-normal for an (E, in, out) kernel: fan_in = in for each expert (the leading axis is a batch
+    axis), as Flax's default `nn.Dense` init gives every expert of an `nn.vmap`-ed stack."""
+    return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal", batch_axis=(0,))
+
+
+def kernel_init(init: str, gain: float, stacked: bool = False) -> Initializer:
+    """The kernel initialiser of scheme `init` for a layer whose orthogonal gain would be `gain`."""
+    if init == "official":
+        return lecun_normal_stacked() if stacked else nn.initializers.lecun_normal()
+    if init == "orthogonal":
+        return stacked_orthogonal(gain) if stacked else orthogonal(gain)
+    raise ValueError(f"unknown init {init!r}; choose one of {INITS}")
+
+
 def activation_fn(name: str) -> Callable[[jax.Array], jax.Array]:
     """The hidden activation called `name` (`relu` or `tanh`)."""
     if name not in ACTIVATIONS:
@@ -55,9 +77,9 @@ def stacked_orthogonal(gain: float) -> Initializer:
     return init
 
 
-def dense(features: int, gain: float, name: str | None = None) -> nn.Dense:
-    """A Dense layer with orthogonal(gain) kernel and zero bias."""
-    return nn.Dense(features, kernel_init=orthogonal(gain), bias_init=nn.initializers.zeros, name=name)
+def dense(features: int, gain: float, name: str | None = None, init: str = "orthogonal") -> nn.Dense:
+    """A Dense layer with zero bias and the `init` scheme's kernel (orthogonal(gain) or LeCun normal)."""
+    return nn.Dense(features, kernel_init=kernel_init(init, gain), bias_init=nn.initializers.zeros, name=name)
 
 
 class StackedDense(nn.Module):
@@ -74,12 +96,13 @@ class StackedDense(nn.Module):
     n_stack: int
     features: int
     gain: float
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
                  groups: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
         in_dim = x.shape[-1]
-        kernel = self.param("kernel", stacked_orthogonal(self.gain), (self.n_stack, in_dim, self.features))
+        kernel = self.param("kernel", kernel_init(self.init_scheme, self.gain, stacked=True), (self.n_stack, in_dim, self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.n_stack, self.features))
         if members is not None:
             kernel, bias = kernel[members[0]:members[1]], bias[members[0]:members[1]]
@@ -98,13 +121,14 @@ class MLPTrunk(nn.Module):
 
     hidden_sizes: Sequence[int]
     activation: str = "relu"
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
         act = activation_fn(self.activation)
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
-            x = act(dense(width, HIDDEN_GAIN, name=f"dense_{i}")(x))
+            x = act(dense(width, HIDDEN_GAIN, name=f"dense_{i}", init=self.init_scheme)(x))
             hidden.append(x)
         return tuple(hidden)
 
@@ -124,6 +148,7 @@ class StackedMLP(nn.Module):
     out_dim: int
     head_gain: float
     activation: str = "relu"
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
@@ -131,7 +156,7 @@ class StackedMLP(nn.Module):
         act = activation_fn(self.activation)
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
-            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, name=f"layer_{i}")(x, members, groups))
+            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, self.init_scheme, name=f"layer_{i}")(x, members, groups))
             hidden.append(x)
-        out = StackedDense(self.n_stack, self.out_dim, self.head_gain, name="head")(x, members, groups)
+        out = StackedDense(self.n_stack, self.out_dim, self.head_gain, self.init_scheme, name="head")(x, members, groups)
         return tuple(hidden), out

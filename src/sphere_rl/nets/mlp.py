@@ -26,11 +26,12 @@ class MLPActor(nn.Module):
     hidden_sizes: Sequence[int] = (256, 256, 256)
     activation: str = "relu"
     log_std_init: float = 0.0
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> ActorOutput:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, name="trunk")(obs)
-        mean = dense(self.action_dim, POLICY_HEAD_GAIN, name="mean_head")(hidden[-1])
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, name="trunk")(obs)
+        mean = dense(self.action_dim, POLICY_HEAD_GAIN, name="mean_head", init=self.init_scheme)(hidden[-1])
         log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
         return ActorOutput(mean=mean, log_std=log_std, features=dense_features(hidden), aux_loss=jnp.zeros(()))
 
@@ -40,11 +41,12 @@ class MLPCritic(nn.Module):
 
     hidden_sizes: Sequence[int] = (256, 256, 256)
     activation: str = "relu"
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> CriticOutput:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, name="trunk")(obs)
-        value = dense(1, VALUE_HEAD_GAIN, name="value_head")(hidden[-1])[:, 0]
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, name="trunk")(obs)
+        value = dense(1, VALUE_HEAD_GAIN, name="value_head", init=self.init_scheme)(hidden[-1])[:, 0]
         return CriticOutput(value=value, features=dense_features(hidden), aux_loss=jnp.zeros(()))
 
 
@@ -54,8 +56,9 @@ def build_actor(cfg: NetConfig, action_dim: int) -> MLPActor:
         hidden_sizes=tuple(cfg.hidden_sizes),
         activation=cfg.activation,
         log_std_init=cfg.log_std_init,
+        init_scheme=cfg.init,
     )
 
 
 def build_critic(cfg: NetConfig) -> MLPCritic:
-    return MLPCritic(hidden_sizes=tuple(cfg.critic_hidden_sizes), activation=cfg.activation)
+    return MLPCritic(hidden_sizes=tuple(cfg.critic_hidden_sizes), activation=cfg.activation, init_scheme=cfg.init)

@@ -36,6 +36,8 @@ class MoESpec:
     activation: str = "relu"
     load_balance_coef: float = 0.0
     dispatch: str = "dense"
+    init_scheme: str = "orthogonal"
+    """Weight-initialisation scheme (`layers.INITS`)."""
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
@@ -124,11 +126,12 @@ class GateNetwork(nn.Module):
     n_experts: int
     hidden_sizes: tuple[int, ...]
     activation: str = "relu"
+    init_scheme: str = "orthogonal"
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, name="trunk")(obs)
-        return dense(self.n_experts, GATE_HEAD_GAIN, name="logits")(hidden[-1])
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, name="trunk")(obs)
+        return dense(self.n_experts, GATE_HEAD_GAIN, name="logits", init=self.init_scheme)(hidden[-1])
 
 
 class MoEBody(nn.Module):
@@ -145,7 +148,7 @@ class MoEBody(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, Features, jax.Array]:
         spec = self.spec
-        logits = GateNetwork(spec.n_experts, spec.gate_hidden_sizes, spec.activation, name="gate")(obs)
+        logits = GateNetwork(spec.n_experts, spec.gate_hidden_sizes, spec.activation, spec.init_scheme, name="gate")(obs)
         routing = ROUTERS[spec.router](logits, spec.top_k, spec.temperature)
         shared_gates = jnp.ones((obs.shape[0], spec.n_shared), routing.gates.dtype)
         gates = jnp.concatenate([shared_gates, routing.gates], axis=-1)
@@ -156,6 +159,7 @@ class MoEBody(nn.Module):
             out_dim=self.out_dim,
             head_gain=self.head_gain,
             activation=spec.activation,
+            init_scheme=spec.init_scheme,
             name="experts",
         )
         # Initialise through the dense path: the same parameters (and random draws) whatever the dispatch.
@@ -226,6 +230,7 @@ def moe_spec(cfg: NetConfig, kind: str, hidden_sizes: tuple[int, ...]) -> MoESpe
         activation=cfg.activation,
         load_balance_coef=cfg.load_balance_coef,
         dispatch=cfg.dispatch,
+        init_scheme=cfg.init,
     )
 
 

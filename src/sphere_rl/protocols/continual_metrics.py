@@ -170,7 +170,7 @@ def _finished_run(run_path: str | Path, role: str) -> tuple[dict[str, Any], int]
     summary = run.summary
     if summary is None:
         raise FileNotFoundError(f"{role} {str(run.root)!r} has no summary.json (is it a finished run directory?)")
-    return summary, Config.from_dict(run.config).task_steps
+    return summary, Config.from_saved(run.config).task_steps
 
 
 def reference_curves(run_path: str | Path, task_steps: int) -> dict[str, Curve]:

@@ -50,7 +50,7 @@ def diagnose_run(
         overrides["diag.ntk_method"] = method
     if reduction:
         overrides["diag.ntk_reduction"] = reduction
-    cfg = Config.from_dict(run_dir.config).override(overrides).validate()
+    cfg = Config.from_saved(run_dir.config).override(overrides).validate()
     runner = Runner(cfg, run_dir, progress=False)
     tree, meta, step = runner.load_checkpoint(step)
     agent = tree["agent"]

@@ -15,7 +15,7 @@ def evaluate_run(path: str, step: int | None = None, episodes: int | None = None
     Writes `eval_<step>.json` into the run directory and returns the same report.
     """
     run_dir = RunDir.open(path)
-    cfg = Config.from_dict(run_dir.config)
+    cfg = Config.from_saved(run_dir.config)
     if episodes is not None:
         cfg = cfg.override({"run.eval_episodes": episodes})
     runner = Runner(cfg, run_dir, progress=False)

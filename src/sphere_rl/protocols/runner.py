@@ -130,8 +130,17 @@ class Runner:
             agent = self.ppo.init(jax.random.fold_in(self.base_key, _INIT))
         elif self.cfg.run.reset_optimizer:
             agent = self.ppo.reset_optimizer(agent)
+        agent = self.ppo.start_task(agent)
         loop, params = self.loop_for(self.tasks[task_index])
         return loop.start(agent, self._task_key(task_index), params)
+
+    def _finish_task(self, task_index: int) -> None:
+        """Release what the task's training held (host envs: its vector env and, with `run.async_envs`,
+        its `num_envs` subprocesses); evaluation makes its own envs."""
+        loop, _ = self.loop_for(self.tasks[task_index])
+        close = getattr(loop, "close", None)
+        if close is not None:
+            close()
 
     # ------------------------------------------------------------------ evaluation and diagnostics
     def evaluate(self, agent: Any, task_index: int) -> dict[str, float]:
@@ -207,7 +216,7 @@ class Runner:
                 bar.set_description(f"task {t + 1}/{len(self.tasks)} {task}")
                 while state["task_index"] == t:
                     it = state["iteration"]
-                    lr = jnp.asarray(self.ppo.learning_rate(it / iterations), jnp.float32)
+                    lr = jnp.asarray(self.ppo.iteration_learning_rate(it), jnp.float32)
                     agent, carry, metrics = loop.iteration(agent, carry, params, lr)
                     metrics = jax.device_get(metrics)
                     before, after = it * batch, (it + 1) * batch
@@ -231,6 +240,7 @@ class Runner:
                         self._diagnose(agent, t, state, logger, task_end=last)
                     if last:
                         state["task_index"], state["iteration"] = t + 1, 0
+                        self._finish_task(t)
                     if self.run_dir is not None and (_crossed(before, after, cfg.run.checkpoint_every) or last):
                         state["wall_time"] = time.perf_counter() - t_start
                         self.run_dir.checkpoints.save(state["env_step"], {"agent": agent, "carry": carry}, meta=state)
@@ -238,6 +248,9 @@ class Runner:
             bar.close()
             if logger:
                 logger.close()
+            for loop, _ in self._loops.values():
+                if hasattr(loop, "close"):
+                    loop.close()
 
         result = RunResult(
             run_dir=str(self.run_dir.root) if self.run_dir is not None else None,

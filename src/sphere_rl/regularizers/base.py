@@ -1,4 +1,4 @@
-"""The Regularizer interface: an unweighted penalty on the actor plus optional task-boundary hooks."""
+"""The Regularizer interface: unweighted penalty terms on one network, plus state kept across tasks."""
 
 from __future__ import annotations
 
@@ -7,37 +7,46 @@ from typing import Any
 
 import jax
 
-from sphere_rl.nets.outputs import ActorOutput
+from sphere_rl.nets.outputs import ActorOutput, CriticOutput
 
 Info = dict[str, jax.Array]
+Terms = dict[str, jax.Array]
 
 
 class Regularizer(abc.ABC):
-    """A penalty added to the PPO actor loss.
+    """Penalty terms added to the PPO loss of the actor (and of the critic with `reg.critic`).
 
-    `penalty` returns the *unweighted* value; the PPO loss applies `reg.mode` / `reg.coef`
-    (adaptive `loss` or `grad` scaling, or a fixed lambda). It runs inside the jitted update, so
-    it must be pure and free of Python branching on array values. Subclasses should be frozen
-    dataclasses (hashable, usable as static arguments).
+    `penalty` returns *unweighted* terms by name. PPO weights each term on its own, per network, with
+    `reg.mode` and the term's coefficient from `coefs` (adaptive `loss` or `grad` scaling against that
+    network's base loss, or a fixed lambda): SPHERE's feature term uses `reg.coef` and its routing
+    term `reg.routing_coef`, as the official code weights its two penalties. `penalty` runs inside the
+    jitted update, so it must be pure and free of Python branching on array values. Subclasses should
+    be frozen dataclasses (hashable, usable as static arguments).
 
-    Extension points for regularisers that keep state (e.g. L2-init keeps the initial weights,
-    resets happen at task boundaries): `init_state` builds a pytree once from the initial actor
-    parameters, `on_task_start` updates it at each task boundary, and the PPO loss passes it back
-    as `state`. The defaults are stateless no-ops.
+    State (e.g. L2-init keeps each task's initial weights): `init_state` builds a pytree from a
+    network's parameters when the agent is created, `on_task_start` updates it at the start of every
+    task (RL and CRL; also for a fresh agent), and PPO passes it back as `state`. It lives in
+    `AgentState.reg_state` (one entry per penalised network), so it is checkpointed and restored on
+    resume. The defaults are stateless no-ops.
     """
 
     name: str = "base"
 
+    @property
     @abc.abstractmethod
-    def penalty(self, actor_out: ActorOutput, actor_params: Any, state: Any = None) -> tuple[jax.Array, Info]:
-        """(scalar penalty, info scalars for logging) for one minibatch's actor output."""
+    def coefs(self) -> dict[str, float]:
+        """Coefficient (ratio, or lambda in `fixed` mode) of every term `penalty` returns; 0 disables a term."""
 
-    def init_state(self, actor_params: Any) -> Any:
-        """Regulariser state built from the initial actor parameters (default: none)."""
-        del actor_params
+    @abc.abstractmethod
+    def penalty(self, out: ActorOutput | CriticOutput, params: Any, state: Any = None) -> tuple[Terms, Info]:
+        """(unweighted terms by name, info scalars for logging) for one minibatch's network output."""
+
+    def init_state(self, params: Any) -> Any:
+        """Regulariser state built from a network's initial parameters (default: none)."""
+        del params
         return None
 
-    def on_task_start(self, state: Any, actor_params: Any) -> Any:
-        """Update the state when a new task starts (default: unchanged)."""
-        del actor_params
+    def on_task_start(self, state: Any, params: Any) -> Any:
+        """Update the state when a task starts, given the network's parameters then (default: unchanged)."""
+        del params
         return state

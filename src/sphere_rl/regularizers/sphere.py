@@ -28,7 +28,7 @@ from sphere_rl.diagnostics.spectral import (
     routing_weighted_expert_features,
     routing_weighted_features,
 )
-from sphere_rl.nets.outputs import ActorOutput, Features
+from sphere_rl.nets.outputs import Features
 from sphere_rl.regularizers.base import Info, Regularizer
 
 PLACEMENTS = ("last", "all")
@@ -85,9 +85,21 @@ def sphere_loss(phi: jax.Array) -> jax.Array:
     return sphere_loss_feature_space(phi) if n_cols <= n_rows else sphere_loss_batch_space(phi)
 
 
-def routing_loss(probs: jax.Array) -> jax.Array:
-    """Optional routing penalty on P (T, E): (||P^T P / T||_F^2 - Tr(P^T P / T)^2 / E) / E."""
-    return sphere_loss(probs) / probs.shape[-1]
+def routing_loss(gates: jax.Array) -> jax.Array:
+    """Routing penalty on router weights G (T, E): (||G^T G / T||_F^2 - Tr(G^T G / T)^2 / E) / E.
+
+    The official `sphere_output_loss`; it is applied to the top-k-masked gates (zeros outside each
+    state's top-k), see `routed_gates`.
+    """
+    return sphere_loss(gates) / gates.shape[-1]
+
+
+def routed_gates(features: Features) -> jax.Array | None:
+    """(T, E_routed) the router's mixture weights: zero outside each state's top-k (the softmax for a
+    Dense-MoE router); DS-MoE's always-on shared experts are left out. None without a router."""
+    if features.probs is None:
+        return None
+    return features.gates[:, features.n_shared:]
 
 
 def layer_loss(features: Features, layer: int, form: str) -> jax.Array:
@@ -114,17 +126,21 @@ def feature_loss(features: Features, placement: str = "last", form: str = "conca
 
 @dataclass(frozen=True)
 class SphereRegularizer(Regularizer):
-    """The SPHERE penalty on an actor's routing-weighted expert features (unweighted).
+    """The SPHERE penalty on a network's routing-weighted expert features, as unweighted terms.
 
-    penalty = feature_loss(placement, form) + routing_weight * routing_loss(P). Info scalars
-    (no gradient): `sphere_feature`, `sphere_routing` (0 without router probabilities) and
-    `proxy_erank` = r_e(A) of the last hidden layer on the minibatch (eigvalsh of the smaller
-    Gram, at most T x T). Off by default: an eigendecomposition per minibatch step costs more than the penalty itself; the runner logs r_e(A) on probe states instead).
+    Terms: `feature` = feature_loss(placement, form) with coefficient `coef`, and, when
+    `routing_coef` > 0 and the network has a router, `routing` = routing_loss of the top-k-masked
+    gates with coefficient `routing_coef` (weighted on its own, like the official
+    `sphere_gating_ratio`). Info scalars (no gradient): `sphere_feature`, `sphere_routing` (0 without
+    a router) and, with `log_proxy_rank`, `proxy_erank` = r_e(A) of the last hidden layer on the
+    minibatch (an eigendecomposition per minibatch step costs more than the penalty itself, so it is
+    off; the runner logs r_e(A) on probe states instead).
     """
 
     placement: str = "last"
     form: str = "concat"
-    routing_weight: float = 0.0
+    coef: float = 0.05
+    routing_coef: float = 0.0
     log_proxy_rank: bool = False
     name: str = "sphere"
 
@@ -133,27 +149,31 @@ class SphereRegularizer(Regularizer):
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
-        if self.routing_weight < 0:
-            raise ValueError(f"routing_weight must be >= 0, got {self.routing_weight}")
+        if self.coef < 0 or self.routing_coef < 0:
+            raise ValueError(f"coef and routing_coef must be >= 0, got {self.coef}, {self.routing_coef}")
 
-    def penalty(self, actor_out: ActorOutput, actor_params: Any, state: Any = None) -> tuple[jax.Array, Info]:
-        del actor_params, state
-        features = actor_out.features
-        features_term = feature_loss(features, self.placement, self.form)
-        has_router = features.probs is not None
-        routing_term = routing_loss(features.probs) if has_router else jnp.zeros((), features_term.dtype)
-        total = features_term
-        if self.routing_weight > 0 and has_router:
-            total = total + self.routing_weight * routing_term
+    @property
+    def coefs(self) -> dict[str, float]:
+        return {"feature": self.coef, "routing": self.routing_coef}
+
+    def penalty(self, out: Any, params: Any, state: Any = None) -> tuple[dict[str, jax.Array], Info]:
+        del params, state
+        features = out.features
+        terms = {"feature": feature_loss(features, self.placement, self.form)}
+        gates = routed_gates(features)
+        routing = routing_loss(gates) if gates is not None else jnp.zeros((), terms["feature"].dtype)
+        if self.routing_coef > 0 and gates is not None:
+            terms["routing"] = routing
         info: Info = {
-            "sphere_feature": jax.lax.stop_gradient(features_term),
-            "sphere_routing": jax.lax.stop_gradient(routing_term),
+            "sphere_feature": jax.lax.stop_gradient(terms["feature"]),
+            "sphere_routing": jax.lax.stop_gradient(routing),
         }
         if self.log_proxy_rank:
             phi = jax.lax.stop_gradient(routing_weighted_features(features, -1))
             info["proxy_erank"] = phi_effective_rank_jnp(phi)
-        return total, info
+        return terms, info
 
 
 def build(reg_cfg: RegConfig) -> SphereRegularizer:
-    return SphereRegularizer(placement=reg_cfg.placement, form=reg_cfg.form, routing_weight=reg_cfg.routing_weight)
+    return SphereRegularizer(placement=reg_cfg.placement, form=reg_cfg.form, coef=reg_cfg.resolved_coef,
+                             routing_coef=reg_cfg.routing_coef)
