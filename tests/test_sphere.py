@@ -172,7 +172,9 @@ def test_routing_loss_is_sphere_on_probs_over_e():
 @pytest.mark.parametrize("kind", ["mlp", "topk_moe", "dense_moe", "ds_moe"])
 def test_penalty_equals_hand_built_phi(kind):
     *_, out = actor_out(kind)
-    value, info = SphereRegularizer(log_proxy_rank=True).penalty(out, None)
+    terms, info = SphereRegularizer(log_proxy_rank=True).penalty(out, None)
+    assert set(terms) == {"feature"}  # the routing term is off by default (official sphere_gating_ratio 0)
+    value = terms["feature"]
     expected = brute_sphere(hand_phi(out.features))
     np.testing.assert_allclose(float(value), expected, rtol=1e-4)
     np.testing.assert_allclose(float(info["sphere_feature"]), expected, rtol=1e-4)
@@ -191,18 +193,18 @@ def test_ds_moe_phi_includes_shared_experts_with_weight_one():
 @pytest.mark.parametrize("kind", ["mlp", "topk_moe", "ds_moe"])
 def test_per_expert_form_is_the_sum_of_expert_losses(kind):
     *_, out = actor_out(kind)
-    value, _ = SphereRegularizer(form="per_expert").penalty(out, None)
+    value = SphereRegularizer(form="per_expert").penalty(out, None)[0]["feature"]
     expected = sum(brute_sphere(phi) for phi in hand_expert_phis(out.features))
     np.testing.assert_allclose(float(value), expected, rtol=1e-4)
     if kind != "mlp":  # the concatenated form also penalises cross-expert correlations
-        concat, _ = SphereRegularizer(form="concat").penalty(out, None)
+        concat = SphereRegularizer(form="concat").penalty(out, None)[0]["feature"]
         assert not np.isclose(float(concat), float(value), rtol=1e-3)
 
 
 @pytest.mark.parametrize("form", ["concat", "per_expert"])
 def test_placement_all_is_the_sum_over_layers(form):
     *_, out = actor_out("topk_moe")
-    value, _ = SphereRegularizer(placement="all", form=form).penalty(out, None)
+    value = SphereRegularizer(placement="all", form=form).penalty(out, None)[0]["feature"]
     per_layer = []
     for layer in range(len(NET.hidden_sizes)):
         if form == "concat":
@@ -212,32 +214,51 @@ def test_placement_all_is_the_sum_over_layers(form):
     np.testing.assert_allclose(float(value), sum(per_layer), rtol=1e-4)
 
 
-def test_routing_weight_adds_the_probability_penalty():
-    *_, out = actor_out("topk_moe")
-    weight = 0.7
-    value, info = SphereRegularizer(routing_weight=weight).penalty(out, None)
-    probs = np.asarray(out.features.probs, np.float64)
-    expected_routing = brute_sphere(probs) / NET.n_experts
+@pytest.mark.parametrize("kind", ["topk_moe", "ds_moe", "dense_moe"])
+def test_routing_term_is_on_the_routed_gates(kind):
+    """Official `sphere_output_loss(probs)` with `probs` the top-k-masked gates: zero outside each state's top-k
+    (DS-MoE: routed experts only, the shared ones have no router; Dense-MoE: the full softmax)."""
+    *_, out = actor_out(kind)
+    terms, info = SphereRegularizer(routing_coef=0.7).penalty(out, None)
+    logits = np.asarray(out.features.logits, np.float64)
+    n_routed = logits.shape[1]
+    soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+    if kind == "dense_moe":
+        gates = soft / soft.sum(axis=1, keepdims=True)
+    else:
+        gates = np.zeros_like(logits)
+        for b, row in enumerate(logits):
+            top = np.argsort(-row, kind="stable")[: NET.top_k]
+            gates[b, top] = soft[b, top] / soft[b, top].sum()
+    expected_routing = brute_sphere(gates) / n_routed
+    np.testing.assert_allclose(float(terms["routing"]), expected_routing, rtol=1e-3, atol=1e-12)
     np.testing.assert_allclose(float(info["sphere_routing"]), expected_routing, rtol=1e-3, atol=1e-12)
-    expected = brute_sphere(hand_phi(out.features)) + weight * expected_routing
-    np.testing.assert_allclose(float(value), expected, rtol=1e-4)
-    # a dense MLP has no router: the routing term is absent
+    np.testing.assert_allclose(float(terms["feature"]), brute_sphere(hand_phi(out.features)), rtol=1e-4)
+    if kind != "dense_moe":  # not the full softmax of the router
+        full = soft / soft.sum(axis=1, keepdims=True)
+        assert not np.isclose(float(terms["routing"]), brute_sphere(full) / n_routed, rtol=1e-3)
+
+
+def test_routing_term_absent_without_router_or_coefficient():
     *_, mlp_out = actor_out("mlp")
-    mlp_value, mlp_info = SphereRegularizer(routing_weight=weight).penalty(mlp_out, None)
-    np.testing.assert_allclose(float(mlp_value), brute_sphere(hand_phi(mlp_out.features)), rtol=1e-4)
-    assert float(mlp_info["sphere_routing"]) == 0.0
+    terms, info = SphereRegularizer(routing_coef=0.7).penalty(mlp_out, None)
+    assert set(terms) == {"feature"} and float(info["sphere_routing"]) == 0.0
+    *_, out = actor_out("topk_moe")
+    assert set(SphereRegularizer(routing_coef=0.0).penalty(out, None)[0]) == {"feature"}
+    assert SphereRegularizer(coef=0.01, routing_coef=0.2).coefs == {"feature": 0.01, "routing": 0.2}
 
 
 def test_penalty_is_jittable_and_differentiable():
     actor, params, obs, _ = actor_out("topk_moe")
-    reg = SphereRegularizer(routing_weight=0.1, log_proxy_rank=True)
+    reg = SphereRegularizer(routing_coef=0.1, log_proxy_rank=True)
 
     def penalty(p):
         return reg.penalty(actor.apply(p, obs), p)
 
-    value, info = jax.jit(penalty)(params)
-    assert np.isfinite(float(value)) and set(info) == {"sphere_feature", "sphere_routing", "proxy_erank"}
-    grads = jax.jit(jax.grad(lambda p: penalty(p)[0]))(params)
+    terms, info = jax.jit(penalty)(params)
+    assert all(np.isfinite(float(v)) for v in terms.values()) and set(terms) == {"feature", "routing"}
+    assert set(info) == {"sphere_feature", "sphere_routing", "proxy_erank"}
+    grads = jax.jit(jax.grad(lambda p: sum(penalty(p)[0].values())))(params)
     leaves = jax.tree_util.tree_leaves(grads)
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
     expert_grad = grads["params"]["moe"]["experts"]["layer_1"]["kernel"]
@@ -249,9 +270,10 @@ def test_penalty_is_jittable_and_differentiable():
 def test_registry():
     assert set(regularizers.REGULARIZERS) >= {"none", "sphere"}
     assert regularizers.make_regularizer(RegConfig(name="none")) is None
-    reg = regularizers.make_regularizer(RegConfig(name="sphere", placement="all", form="per_expert", routing_weight=0.2))
+    reg = regularizers.make_regularizer(RegConfig(name="sphere", placement="all", form="per_expert", routing_coef=0.2))
     assert isinstance(reg, SphereRegularizer) and isinstance(reg, Regularizer)
-    assert (reg.name, reg.placement, reg.form, reg.routing_weight) == ("sphere", "all", "per_expert", 0.2)
+    assert (reg.name, reg.placement, reg.form, reg.coef, reg.routing_coef) == ("sphere", "all", "per_expert", 0.05, 0.2)
+    assert regularizers.make_regularizer(RegConfig(name="sphere", mode="grad")).coef == 0.001
     hash(reg)  # usable as a static argument
     with pytest.raises(ValueError, match="unknown regularizer"):
         regularizers.make_regularizer(RegConfig(name="nope"))

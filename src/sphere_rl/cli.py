@@ -1,4 +1,4 @@
-"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, bench, plasticity."""
+"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity."""
 
 from __future__ import annotations
 
@@ -13,8 +13,23 @@ def _build_config(args: argparse.Namespace) -> Config:
         cfg = load(args.config)
         if args.overrides:
             cfg = cfg.override(args.overrides)
-        return cfg.validate()
+        return cfg.validate().resolved()
     return preset(args.preset, args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the fully resolved config of a preset (or config file) plus overrides, as JSON."""
+    if args.preset_name and args.config:
+        raise ConfigError("give a preset name or --config FILE, not both")
+    if args.config:
+        cfg = load(args.config)
+        if args.overrides:
+            cfg = cfg.override(args.overrides)
+        cfg = cfg.validate().resolved()
+    else:
+        cfg = preset(args.preset_name or "default", args.overrides)
+    print(cfg.to_json())
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -206,6 +221,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("envs", help="list environment ids and task sequences")
     p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("config", help="print the fully resolved config of a preset plus overrides (JSON)", description=(
+        "Print the config a run would use, every field resolved (e.g. reg.coef from reg.mode), as JSON: "
+        "`sphere config h1-paper reg.name=sphere reg.mode=grad`."))
+    p.add_argument("preset_name", nargs="?", default=None, metavar="PRESET", help="named preset (default: default)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides section.field=value")
+    p.add_argument("--config", help="a config JSON file instead of a preset (e.g. a run's config.json)")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("presets", help="list named config presets")
     p.set_defaults(func=cmd_presets)

@@ -584,6 +584,21 @@ register_preset(
     "HumanoidBench H1 CRL (stand, walk, pole, slide, run): 10M steps per task, official PPO + Top-K MoE "
     "(E=10, k=2, 3x256, 128 envs x 16 steps, minibatch 64, 10 epochs), 10 evaluation episodes every 100k. Run seeds 0-4.",
 )
+_PAPER_SPHERE = {"reg.name": "sphere", "reg.mode": "grad"}
+"""SPHERE as the official HumanoidBench script runs it: gradient-norm scaling, ratio 0.001 (the grad mode's
+default coefficient), last hidden expert layer, actor only, routing penalty off."""
+register_preset(
+    "h1-paper-sphere",
+    {**PRESETS["h1-paper"]["overrides"], **_PAPER_SPHERE},
+    "h1-paper + SPHERE as the official script runs it (reg.mode=grad, ratio 0.001: "
+    "run_moe_ppo_topk_sphere_gradscale.sh). Run seeds 0-4.",
+)
+register_preset(
+    "cw10-paper-sphere",
+    {**PRESETS["cw10-paper"]["overrides"], **_PAPER_SPHERE},
+    "cw10-paper + SPHERE with the official HumanoidBench script's settings (reg.mode=grad, ratio 0.001; the "
+    "official code ships no CW10 script). Run seeds 0-4.",
+)
 register_preset(
     "h1-quick",
     {"run.tasks": "h1", "run.steps_per_task": 409_600, "run.eval_every": 102_400, "run.eval_episodes": 5,
