@@ -21,6 +21,25 @@ def test_envs_and_presets_list(capsys):
     assert "demo" in capsys.readouterr().out
 
 
+def test_config_prints_the_resolved_config(tmp_path, capsys):
+    assert main(["config", "h1-paper"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["ppo"]["kl_mode"], cfg["ppo"]["target_kl"], cfg["net"]["init"]) == ("adaptive_lr", 0.03, "official")
+    assert cfg["run"]["tasks"] == "h1" and cfg["reg"]["coef"] == 0.05  # resolved, not null
+    assert main(["config", "h1-paper", "reg.name=sphere", "reg.mode=grad"]) == 0
+    reg = json.loads(capsys.readouterr().out)["reg"]
+    assert (reg["name"], reg["mode"], reg["coef"]) == ("sphere", "grad", 0.001)
+    path = tmp_path / "c.json"
+    assert main(["config", "demo", "seed=4"]) == 0
+    path.write_text(capsys.readouterr().out)
+    assert main(["config", "--config", str(path), "ppo.kl_mode=early_stop"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["seed"] == 4 and again["ppo"]["kl_mode"] == "early_stop"
+    assert main(["config", "h1-paper", "ppo.kl_mode=sometimes"]) == 2
+    err = capsys.readouterr().err
+    assert "ppo.kl_mode" in err and "Traceback" not in err
+
+
 def test_train_eval_and_resume_finished_run(tmp_path, capsys):
     assert main(["train", "--preset", "demo-quick", *TINY, "--out-dir", str(tmp_path), "--name", "cli"]) == 0
     out = capsys.readouterr().out

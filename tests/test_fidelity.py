@@ -331,3 +331,59 @@ def test_regulariser_state_is_set_at_every_task_start_and_reaches_the_penalty(an
     Runner(cfg, run_dir).run()
     tree, _, _ = run_dir.checkpoints.restore_latest(Runner(cfg, run_dir).checkpoint_target())
     assert float(tree["agent"].reg_state["actor"]["count"]) == 2.0  # task 0 and task 1 starts (fresh agent: 1)
+
+
+# -- host-env loop: bounded evaluation, envs closed at task end -------------------------------------------
+class NeverEnds:
+    """A gymnasium env with no time limit that never terminates (the case that used to hang evaluation)."""
+
+    def __new__(cls):
+        import gymnasium
+
+        class _Env(gymnasium.Env):
+            observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,), np.float32)
+            action_space = gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+            def reset(self, *, seed=None, options=None):
+                super().reset(seed=seed)
+                return np.zeros(3, np.float32), {}
+
+            def step(self, action):
+                return np.zeros(3, np.float32), 1.0, False, False, {"success": True}
+
+        return _Env()
+
+
+def test_gym_evaluation_is_bounded_without_a_time_limit(monkeypatch):
+    from sphere_rl.algo import gym_loop
+    from sphere_rl.envs.gym_adapter import GymVectorAdapter
+
+    monkeypatch.setattr(gym_loop, "EVAL_MAX_STEPS", 25)
+    cfg = _cfg("net.actor=mlp", "run.eval_episodes=3")
+    ppo = PPO(cfg, obs_dim=3, action_dim=2)
+    loop = gym_loop.GymLoop(ppo, lambda n, seed: GymVectorAdapter(NeverEnds, n, seed))
+    out = loop.evaluate(ppo.init(jax.random.PRNGKey(0)), None, jax.random.PRNGKey(1))
+    # scored as truncated at the bound: 25 steps of reward 1, the last step's success flag, no finished episode
+    assert out == {"return": 25.0, "success": 1.0, "episodes": 0}
+
+
+def test_host_training_envs_are_closed_at_each_task_end(tiny_host_crl):
+    from sphere_rl.algo.gym_loop import GymLoop
+
+    closed = []
+    original = GymLoop.close
+
+    def spy(self):
+        if self.env is not None:
+            closed.append(self.env)
+        original(self)
+
+    GymLoop.close = spy
+    try:
+        _, result = tiny_host_crl(["gym:Pendulum-v1", "gym:Pendulum-v1"], 64, "ppo.num_envs=4",
+                                  "ppo.n_steps=16", "ppo.minibatch_size=32")
+    finally:
+        GymLoop.close = original
+    assert len(result.final_success) == 2
+    # one training env per task, each closed once its task ended (evaluation and probe envs close themselves)
+    assert len(closed) == 2 and all(env.closed for env in closed)

@@ -19,6 +19,8 @@ def _build_config(args: argparse.Namespace) -> Config:
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Print the fully resolved config of a preset (or config file) plus overrides, as JSON."""
+    if args.preset_name and "=" in args.preset_name:  # no preset given: the first word is an override
+        args.overrides, args.preset_name = [args.preset_name, *args.overrides], None
     if args.preset_name and args.config:
         raise ConfigError("give a preset name or --config FILE, not both")
     if args.config:
