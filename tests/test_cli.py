@@ -84,3 +84,17 @@ def test_bad_input_gives_one_clear_error(args, needle, capsys):
 def test_resume_of_missing_directory(tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "missing")]) == 2
     assert "run directory" in capsys.readouterr().err
+
+
+def test_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, capsys):
+    """A run whose checkpoints do not fit the agent state (e.g. written before 0.3): exit 2, no traceback."""
+    assert main(["train", "--preset", "demo-quick", "--out-dir", str(tmp_path), "--name", "r", *TINY,
+                 "run.tensorboard=false"]) == 0
+    capsys.readouterr()
+    config_path = tmp_path / "r" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["net"]["hidden_sizes"] = [6]  # the checkpoint's expert kernels no longer fit
+    config_path.write_text(json.dumps(config))
+    assert main(["eval", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "Traceback" not in err

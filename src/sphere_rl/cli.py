@@ -276,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as err:
         print(f"sphere: {err}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        from sphere_rl.runs.checkpoint import CheckpointMismatchError
+
+        if not isinstance(err, CheckpointMismatchError):
+            raise
+        print(f"sphere: checkpoint does not fit this version's agent state (runs before 0.3 have no "
+              f"kl_lr / reg_state and cannot be restored; their config, metrics and summary stay readable): {err}",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\nsphere: interrupted; continue with `sphere train --resume RUN_DIR`", file=sys.stderr)
         return 130
