@@ -151,3 +151,16 @@ def test_critic_option_penalises_an_moe_critic_against_its_own_base(mode):
     _, ppo_off, state_off, mb = _setup(f"reg.mode={mode}", "net.critic=topk_moe", "ppo.vf_coef=0.7")
     grads_off, _ = ppo_off._gradients(state_off.params, mb)
     _assert_tree_close(grads_off["critic"], g_base["critic"])
+
+
+@pytest.mark.parametrize("mode", ["loss", "grad", "fixed"])
+def test_routing_coefficient_on_a_network_without_router_adds_nothing(mode):
+    """A dense MLP actor (and the default dense critic with reg.critic) has no router: the routing term is 0,
+    the gradients are those of the feature term alone, in every mode."""
+    _, ppo, state, mb = _setup(f"reg.mode={mode}", "net.actor=mlp", "reg.critic=true", "reg.routing_coef=0.1")
+    grads, metrics = ppo._gradients(state.params, mb)
+    _, ppo_f, state_f, _ = _setup(f"reg.mode={mode}", "net.actor=mlp", "reg.critic=true")
+    grads_f, _ = ppo_f._gradients(state_f.params, mb)
+    _assert_tree_close(grads, grads_f)
+    assert float(metrics["reg/actor/routing"]) == 0.0 and float(metrics["reg/critic/routing"]) == 0.0
+    assert all(np.isfinite(float(v)) for v in metrics.values())

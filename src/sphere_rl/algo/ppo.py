@@ -225,8 +225,11 @@ class PPO:
         for name in self.reg_networks:
             state = None if reg_state is None else reg_state[name]
             reg_terms, info = self.regularizer.penalty(outputs[name], params[name], state)
-            coefs = self.regularizer.coefs
-            terms.update({f"{name}/{k}": v for k, v in reg_terms.items() if coefs.get(k, 0.0) > 0})
+            # every enabled term has a value; a term the network cannot have (SPHERE's routing term on a
+            # network without a router) is 0 and adds nothing, whatever the mode
+            for k, coef in self.regularizer.coefs.items():
+                if coef > 0:
+                    terms[f"{name}/{k}"] = reg_terms.get(k, jnp.zeros((), jnp.float32))
             prefix = "reg/" if name == "actor" else "reg/critic/"
             metrics.update({f"{prefix}{k}": v for k, v in info.items()})
         return terms, metrics
