@@ -23,14 +23,8 @@ def cmd_config(args: argparse.Namespace) -> int:
         args.overrides, args.preset_name = [args.preset_name, *args.overrides], None
     if args.preset_name and args.config:
         raise ConfigError("give a preset name or --config FILE, not both")
-    if args.config:
-        cfg = load(args.config)
-        if args.overrides:
-            cfg = cfg.override(args.overrides)
-        cfg = cfg.validate().resolved()
-    else:
-        cfg = preset(args.preset_name or "default", args.overrides)
-    print(cfg.to_json())
+    args.preset = args.preset_name or "default"
+    print(_build_config(args).to_json())
     return 0
 
 

@@ -41,6 +41,9 @@ class JaxLoop:
         self.start = jax.jit(self._start)
         self.collect_states = jax.jit(self._collect_states, static_argnames=("n_steps",))
 
+    def close(self) -> None:
+        """Nothing to release: a JAX-native env holds no host resources (`GymLoop.close` does)."""
+
     # ------------------------------------------------------------------ start of a task
     def _start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, RolloutCarry]:
         """Reset all envs of a task; the normaliser sees the first observations."""

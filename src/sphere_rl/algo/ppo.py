@@ -222,19 +222,19 @@ class PPO:
             "aux_loss": actor_out.aux_loss + critic_out.aux_loss,
             "policy_objective": policy_objective,
         }
+        reg_terms = {}
         for name in self.reg_networks:
             state = None if reg_state is None else reg_state[name]
-            reg_terms, info = self.regularizer.penalty(outputs[name], params[name], state)
-            # every enabled term has a value; a term the network cannot have (SPHERE's routing term on a
-            # network without a router) is 0 and adds nothing, whatever the mode
-            for k, coef in self.regularizer.coefs.items():
-                if coef > 0:
-                    terms[f"{name}/{k}"] = reg_terms.get(k, jnp.zeros((), jnp.float32))
+            reg_terms[name], info = self.regularizer.penalty(outputs[name], params[name], state)
             prefix = "reg/" if name == "actor" else "reg/critic/"
             metrics.update({f"{prefix}{k}": v for k, v in info.items()})
+        # every enabled term has a value; a term the network cannot have (SPHERE's routing term on a
+        # network without a router) is 0 and adds nothing, whatever the mode
+        for name, term, _ in self._penalty_terms():
+            terms[f"{name}/{term}"] = reg_terms[name].get(term, jnp.zeros((), jnp.float32))
         return terms, metrics
 
-    def _base_loss_for_scale(self, name: str, terms: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> jax.Array:
+    def _base_loss_for_scale(self, name: str, metrics: dict[str, jax.Array]) -> jax.Array:
         """|L_base| that `loss` mode scales a network's penalty against: |L_pi + c_ent L_ent| (official,
         without the load-balancing loss) for the actor, |vf_coef L_V| for the critic."""
         if name == "actor":
@@ -249,9 +249,9 @@ class PPO:
             return f"reg/{what or 'penalty'}"
         return f"reg/{name}/{term}" + (f"/{what}" if what else "")
 
-    def _term_metrics(self, name: str, term: str, value: jax.Array, lam: jax.Array, terms: dict[str, jax.Array],
+    def _term_metrics(self, name: str, term: str, value: jax.Array, lam: jax.Array,
                       metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        base = self._base_loss_for_scale(name, terms, metrics)
+        base = self._base_loss_for_scale(name, metrics)
         return {
             self._metric_key(name, term, ""): value,
             self._metric_key(name, term, "lambda"): lam,
@@ -287,9 +287,9 @@ class PPO:
                     if reg.mode == "fixed":
                         lam = jnp.asarray(coef, jnp.float32)
                     else:
-                        lam = jax.lax.stop_gradient(coef * self._base_loss_for_scale(name, terms, metrics) / (value + 1e-8))
+                        lam = jax.lax.stop_gradient(coef * self._base_loss_for_scale(name, metrics) / (value + 1e-8))
                     loss = loss + lam * value
-                    metrics.update(self._term_metrics(name, term, value, lam, terms, metrics))
+                    metrics.update(self._term_metrics(name, term, value, lam, metrics))
                 return loss, metrics
 
             (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
@@ -299,9 +299,9 @@ class PPO:
             def stacked(params: Params):
                 terms, metrics = self._losses(params, mb, reg_state)
                 values = [terms["actor/base"] + terms["critic/base"], *(terms[n] for n in names[1:])]
-                return jnp.stack(values), (terms, metrics)
+                return jnp.stack(values), metrics
 
-            values, vjp_fn, (terms, metrics) = jax.vjp(stacked, params, has_aux=True)
+            values, vjp_fn, metrics = jax.vjp(stacked, params, has_aux=True)
             basis = jnp.eye(len(names), dtype=values.dtype)
             (g_base,) = vjp_fn(basis[0])
             grads = dict(g_base)
@@ -313,7 +313,7 @@ class PPO:
                 scale = jax.lax.stop_gradient(coef * base_norm / (term_norm + NORM_EPS))
                 grads[name] = jax.tree.map(lambda g, t: g + scale * t, grads[name], g_term[name])
                 loss = loss + scale * values[i]
-                metrics.update(self._term_metrics(name, term, values[i], scale, terms, metrics))
+                metrics.update(self._term_metrics(name, term, values[i], scale, metrics))
                 metrics[self._metric_key(name, term, "grad_share")] = scale * _global_norm(g_term[name]) / _global_norm(g_base[name])
         if not any(name == "actor" and term == "feature" for name, term, _ in penalties):
             metrics.update({"reg/penalty": jnp.zeros(()), "reg/lambda": jnp.zeros(())})

@@ -137,10 +137,7 @@ class Runner:
     def _finish_task(self, task_index: int) -> None:
         """Release what the task's training held (host envs: its vector env and, with `run.async_envs`,
         its `num_envs` subprocesses); evaluation makes its own envs."""
-        loop, _ = self.loop_for(self.tasks[task_index])
-        close = getattr(loop, "close", None)
-        if close is not None:
-            close()
+        self.loop_for(self.tasks[task_index])[0].close()
 
     # ------------------------------------------------------------------ evaluation and diagnostics
     def evaluate(self, agent: Any, task_index: int) -> dict[str, float]:
@@ -249,8 +246,7 @@ class Runner:
             if logger:
                 logger.close()
             for loop, _ in self._loops.values():
-                if hasattr(loop, "close"):
-                    loop.close()
+                loop.close()
 
         result = RunResult(
             run_dir=str(self.run_dir.root) if self.run_dir is not None else None,
