@@ -34,12 +34,17 @@ def _h1_env(task: str, **kwargs):
     return H1Env(task, **kwargs)
 
 
-H1_TASKS = ("stand", "walk", "run", "pole", "slide")
+H1_TASKS = ("stand", "walk", "run", "pole", "slide", "stair")
 """HumanoidBench H1 tasks (the same as `envs.h1.TASKS`, listed here so that importing the registry stays light)."""
 
+H1_HELD_OUT = ("stair",)
+"""H1 tasks in no sequence: their states probe the features outside the training sequence."""
+
 for _task in H1_TASKS:
+    _held_out = "; held out: in no sequence" if _task in H1_HELD_OUT else ""
     register(f"humanoidbench/h1-{_task}", partial(_h1_env, _task),
-             description=f"HumanoidBench Unitree H1 {_task} (position control, 1000-step episodes; docs/humanoidbench.md)",
+             description=f"HumanoidBench Unitree H1 {_task} (position control, 1000-step episodes{_held_out}; "
+                         "docs/humanoidbench.md)",
              family="humanoidbench")
 
 register_sequence("h1", tuple(f"humanoidbench/h1-{t}" for t in ("stand", "walk", "pole", "slide", "run")),

@@ -1,4 +1,4 @@
-"""HumanoidBench's Unitree-H1 locomotion tasks (stand, walk, run, pole, slide), built in code.
+"""HumanoidBench's Unitree-H1 locomotion tasks (stand, walk, run, pole, slide; stair held out), built in code.
 
 `model` builds the position-controlled H1 and the scenes from MuJoCo Menagerie's `unitree_h1`
 (`menagerie_h1_dir`, overridable with `$SPHERE_H1_ASSETS`), `rewards` holds the rewards and

