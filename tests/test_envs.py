@@ -285,6 +285,46 @@ def test_resolve_sequence_by_name_and_comma_list():
     assert all(set(spec.env_ids) <= set(ARM_IDS) for name, spec in sequences.items() if name.startswith("arm"))
 
 
+def test_held_out_arm_task_is_registered_in_no_sequence_and_unlike_every_other_task(capsys):
+    from sphere_rl.cli import main
+    from sphere_rl.envs.arm import ARM_HELD_OUT
+
+    assert ARM_HELD_OUT == ("arm/heldout",)
+    spec = envs.env_spec("arm/heldout")
+    assert spec.jax_native and spec.family == "arm" and "held out" in spec.description
+    assert all("arm/heldout" not in seq.env_ids for seq in envs.list_sequences().values())
+    # the sequences themselves are unchanged
+    assert envs.resolve_sequence("arm2") == ("arm/reach", "arm/permute")
+    assert envs.resolve_sequence("arm6") == (
+        "arm/reach", "arm/permute", "arm/reach-left", "arm/heavy", "arm/negate", "arm/permute-negate-left")
+    assert envs.resolve_sequence("arm8") == (
+        "arm/reach", "arm/permute", "arm/reach-left", "arm/heavy", "arm/negate", "arm/reach-up-near", "arm/gravity",
+        "arm/permute-negate-left")
+    # its actuator map, link lengths and goal region each differ from every other arm task's
+    _, held = envs.make_functional("arm/heldout")
+    for env_id in ARM_IDS:
+        if env_id == "arm/heldout":
+            continue
+        _, params = envs.make_functional(env_id)
+        for field in ("action_matrix", "link_lengths", "goal_angle_range"):
+            assert not np.array_equal(getattr(params, field), getattr(held, field)), (env_id, field)
+    # joint 0 <- +action 2, joint 1 <- -action 0, joint 2 <- +action 1
+    assert np.sign(joint_response("arm/heldout", 0)).tolist() == [0, -1, 0]
+    assert np.sign(joint_response("arm/heldout", 1)).tolist() == [0, 0, 1]
+    assert np.sign(joint_response("arm/heldout", 2)).tolist() == [1, 0, 0]
+    # goals lie below the base, -120..-60 degrees, radius 0.3..0.8
+    states, _ = batch_reset(ARM, jax.random.split(jax.random.PRNGKey(0), 256), held)
+    angles = np.degrees(np.arctan2(states.goal[:, 1], states.goal[:, 0]))
+    radii = np.linalg.norm(states.goal, axis=1)
+    assert angles.min() >= -120 - 1e-3 and angles.max() <= -60 + 1e-3
+    assert radii.min() >= 0.3 - 1e-5 and radii.max() <= 0.8 + 1e-5
+    # `sphere envs` lists it, under no sequence
+    assert main(["envs"]) == 0
+    out = capsys.readouterr().out
+    listed, sequences = out.split("Task sequences:")
+    assert "arm/heldout" in listed and "arm/heldout" not in sequences
+
+
 # --------------------------------------------------------------------------- Gymnasium adapter
 
 

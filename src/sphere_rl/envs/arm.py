@@ -298,6 +298,13 @@ CYCLIC = signed_permutation((1, 2, 0), (1.0, 1.0, 1.0))
 NEGATED = signed_permutation((0, 1, 2), (-1.0, -1.0, -1.0))
 REVERSED_NEGATED = signed_permutation((2, 1, 0), (-1.0, 1.0, -1.0))
 HEAVY = {"link_lengths": (0.25, 0.35, 0.4), "inertia": (2.0, 1.5, 1.0), "damping": (1.2, 0.9, 0.6), "gains": 7.0}
+HELD_OUT = {
+    "action_matrix": signed_permutation((2, 0, 1), (1.0, -1.0, 1.0)),
+    "link_lengths": (0.3, 0.4, 0.3),
+    "goal_angle_range": (-2 * math.pi / 3, -math.pi / 3),
+    "goal_radius_range": (0.3, 0.8),
+}
+"""Overrides of `arm/heldout`: an actuator map, link lengths and a goal region no other task uses."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,8 +340,17 @@ _TASK_LIST = (
         "combined shift: joints driven by actions (2, 1, 0) with signs (-, +, -), left-sector goals",
         {"action_matrix": REVERSED_NEGATED, "goal_angle_range": LEFT_GOALS},
     ),
+    ArmTask(
+        "arm/heldout",
+        "held out (in no sequence; probe states): joints driven by actions (2, 0, 1) with signs (+, -, +), "
+        "link lengths (0.3, 0.4, 0.3), goals below the base (-120..-60 deg, r 0.3..0.8)",
+        HELD_OUT,
+    ),
 )
 ARM_TASKS: dict[str, ArmTask] = {task.env_id: task for task in _TASK_LIST}
+
+ARM_HELD_OUT: tuple[str, ...] = ("arm/heldout",)
+"""Arm tasks in no sequence: their states probe the features outside the training sequence."""
 
 ARM_SEQUENCES: dict[str, tuple[tuple[str, ...], str]] = {
     "arm2": (("arm/reach", "arm/permute"), "2 arm tasks (actuator shift) for tests and quick runs"),
@@ -353,6 +369,6 @@ ARM_SEQUENCES: dict[str, tuple[tuple[str, ...], str]] = {
             "arm/gravity",
             "arm/permute-negate-left",
         ),
-        "all 8 arm tasks: actuator, goal and dynamics shifts",
+        "all 8 training arm tasks (every arm task but the held-out one): actuator, goal and dynamics shifts",
     ),
 }
