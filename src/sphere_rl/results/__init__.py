@@ -1,0 +1,1 @@
+"""Results of many runs: one long table, statistics, comparisons."""
