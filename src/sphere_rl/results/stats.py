@@ -377,7 +377,8 @@ class PairwiseResult:
     mwu_u: float
     """Mann–Whitney U of X: number of pairs with x > y plus half the ties."""
     mwu_p: float
-    """Two-sided Mann–Whitney p-value (scipy's `method="auto"`: exact for small samples without ties)."""
+    """Two-sided Mann–Whitney p-value (scipy's `method="auto"`: exact when a group has <= 8 runs and
+    there are no ties, else the normal approximation with tie correction)."""
     cohens_d: float
     """Cohen's d: difference over the pooled standard deviation (ddof=1)."""
     hedges_g: float
