@@ -42,8 +42,14 @@ def diag_run(tmp_path_factory):
 def test_diagnostics_rows_probe_files_and_summary(diag_run):
     cfg, run_dir, result = diag_run
     rows = read_metrics(run_dir.path("diagnostics.csv"))
-    # 192 steps per task in rollouts of 64: diagnostics at task step 128 (eval_every) and 192 (task end).
-    assert [(r["task_index"], r["task_step"], r["task_end"]) for r in rows] == [(0, 128, 0), (0, 192, 1), (1, 128, 0), (1, 192, 1)]
+    # The untrained agent at env step 0, then (192 steps per task in rollouts of 64) task step 128
+    # (eval_every) and 192 (task end).
+    assert [(r["env_step"], r["task_index"], r["task_step"], r["task_end"]) for r in rows] == [
+        (0, 0, 0, 0), (128, 0, 128, 0), (192, 0, 192, 1), (320, 1, 128, 0), (384, 1, 192, 1)]
+    initial, rows = rows[0], rows[1:]
+    assert result.initial_ntk_rank == initial["ntk/effective_rank"]
+    assert result.initial_ntk_top_eigenvalues == [initial[f"ntk/eig_{i}"] for i in (1, 2, 3)]
+    assert initial["weight_change"] == 0.0  # measured before the first update
     for column in ("ntk/effective_rank", "ntk/eig_1", "ntk/eig_3", "proxy/effective_rank", "dormant_ratio",
                    "weight_change", "expert_load/0", "routing_entropy", "grad_norm", "feature_stable_rank"):
         assert column in rows[0], column
@@ -180,5 +186,5 @@ def test_sphere_proxy_on_an_existing_run(diag_run, tmp_path, capsys):
     assert "Spearman" in capsys.readouterr().out
     (report_path,) = tmp_path.glob("*/proxy_validation.json")
     report = json.loads(report_path.read_text())
-    assert report["statistics"]["pooled"]["n"] == 4 and -1.0 <= report["statistics"]["pooled"]["rho"] <= 1.0
+    assert report["statistics"]["pooled"]["n"] == 5 and -1.0 <= report["statistics"]["pooled"]["rho"] <= 1.0
     assert (report_path.parent / "proxy_scatter.png").read_bytes()[:4] == b"\x89PNG"

@@ -58,6 +58,10 @@ class RunResult:
     """Every diagnostics metric at the end of each task (the diagnostics.csv row)."""
     task_curves: list[list[list[float]]] = dataclasses.field(default_factory=list)
     """task_curves[i]: `[task_step, success]` of every evaluation of task i during its own training."""
+    initial_ntk_rank: float | None = None
+    """r_e(K) of the untrained agent on task 0's probe set (the diagnostics row at env step 0)."""
+    initial_ntk_top_eigenvalues: list[float] = dataclasses.field(default_factory=list)
+    """Top `diag.n_top` eigenvalues of K before any training (the report's "Initialise" stage)."""
     continual: dict[str, Any] | None = None
     """CRL: Continual World averages (average performance, forgetting, forward transfer); rows in continual_metrics.csv."""
 
@@ -81,6 +85,8 @@ class Runner:
     def __init__(self, cfg: Config, run_dir: RunDir | None = None, *, progress: bool | None = None):
         self.cfg = cfg.validate()
         self.run_dir = run_dir
+        if run_dir is not None and run_dir._checkpoints is None:
+            run_dir.checkpoint_keep = cfg.run.keep_checkpoints  # run.keep_checkpoints decides pruning
         self.progress = cfg.run.progress if progress is None else progress
         self.tasks = list(envs.resolve_sequence(cfg.run.tasks))
         self._loops: dict[str, tuple[Any, Any]] = {}
@@ -165,6 +171,20 @@ class Runner:
             state["ntk_top"].append([metrics[f"ntk/eig_{i + 1}"] for i in range(n_top)] if has_ntk else [])
             state["task_end_diag"].append(metrics)
 
+    def _diagnose_initial(self, agent: Any, state: dict[str, Any], logger: Any) -> None:
+        """The untrained agent on task 0's probe set: the spectrum every method starts from (env step 0)."""
+        state["initial"] = {"ntk_rank": None, "ntk_top": []}
+        if not self.cfg.diag.enabled:
+            return
+        diagnosis = self.diagnostics.measure(agent, 0, full=True)
+        metrics = diagnosis.metrics
+        if logger:
+            logger.log("diag", {"env_step": 0, "task_index": 0, "task": self.tasks[0], "task_step": 0,
+                                "task_end": False, **metrics})
+        if diagnosis.ntk_eigenvalues is not None:
+            state["initial"] = {"ntk_rank": metrics.get("ntk/effective_rank"),
+                                "ntk_top": [metrics[f"ntk/eig_{i + 1}"] for i in range(self.cfg.diag.n_top)]}
+
     # ------------------------------------------------------------------ the run
     def checkpoint_target(self) -> dict[str, Any]:
         """A pytree with the structure of this run's newest checkpoint, to restore into."""
@@ -194,9 +214,13 @@ class Runner:
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume needs a run directory")
-            state, agent, carry = self._restore()
+            if self.run_dir.checkpoints.latest_step() is None:
+                # killed before its first checkpoint: start again from step 0 in place
+                logger.truncate_after(step_col="env_step", step=-1)
+            else:
+                state, agent, carry = self._restore()
+                logger.truncate_after(step_col="env_step", step=state["env_step"])
             self.run_dir.write_manifest(seed=cfg.seed)  # records this session under the manifest's "resumes"
-            logger.truncate_after(step_col="env_step", step=state["env_step"])
 
         t_start = time.perf_counter() - state["wall_time"]
         bar = tqdm(total=total_steps, initial=state["env_step"], unit="step", unit_scale=True, mininterval=2.0,
@@ -210,6 +234,8 @@ class Runner:
                 if state["iteration"] == 0 or carry is None:
                     agent, carry = self._start_task(agent, t)
                 self.diagnostics.start_task(t, task, agent, loop, params)
+                if t == 0 and state["env_step"] == 0 and "initial" not in state:
+                    self._diagnose_initial(agent, state, logger)
                 bar.set_description(f"task {t + 1}/{len(self.tasks)} {task}")
                 while state["task_index"] == t:
                     it = state["iteration"]
@@ -262,6 +288,8 @@ class Runner:
             ntk_top_eigenvalues=state.get("ntk_top", []),
             task_end_diagnostics=state.get("task_end_diag", []),
             task_curves=state.get("curves", []),
+            initial_ntk_rank=(state.get("initial") or {}).get("ntk_rank"),
+            initial_ntk_top_eigenvalues=(state.get("initial") or {}).get("ntk_top", []),
         )
         if cfg.run.protocol == "crl" and len(result.success_matrix) == len(self.tasks):
             metrics = self.continual_metrics(result)

@@ -1,0 +1,242 @@
+"""One long table of every run of a sweep (or any folder of runs): the input of statistics, figures, report.
+
+`load_results(path)` finds every run directory under `path` (a sweep directory, a folder of runs,
+or one run) and returns :class:`Results`:
+
+- ``runs``: one row per run: every config field as a dotted column (``net.actor``, ``reg.name``,
+  ``run.protocol``, ``seed``, ...), the sweep's ``preset`` and ``job_id``, the run's state
+  (``complete``), and its summary scalars (``average_success``, ``env_steps``, ``wall_time_s``,
+  the Continual World summary ``cw.average_performance`` / ``cw.forgetting`` / ``cw.forward_transfer``).
+- ``long``: one row per measured number, tidy: ``run``, the config fields that *differ* between the
+  loaded runs (so a cell is a group of rows by those columns; fields equal in every run are in
+  ``constant_config``, stored once), ``source`` (``summary``, ``eval``, ``diagnostics``,
+  ``continual``), ``env_step``, ``task_index``, ``task``, ``eval_task_index``, ``eval_task``,
+  ``task_end``, ``metric``, ``value``.
+
+Columns and their meaning are listed in docs/results.md; :data:`LONG_COLUMNS` is the fixed part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["Results", "load_results", "find_runs", "LONG_COLUMNS", "SOURCES", "flatten_config"]
+
+SOURCES = ("summary", "eval", "diagnostics", "continual")
+LONG_COLUMNS = ("run", "source", "env_step", "task_index", "task", "eval_task_index", "eval_task", "task_end",
+                "metric", "value")
+_ID_COLUMNS = ("env_step", "task_index", "task", "task_step", "eval_task_index", "eval_task", "task_end")
+_EXCLUDED_CONFIG = ("run.out_dir", "run.name", "run.progress")
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"net": {"actor": "topk_moe"}}`` -> ``{"net.actor": "topk_moe"}``; lists become JSON text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_config(value, f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def find_runs(path: str | os.PathLike[str]) -> list[Path]:
+    """Every run directory (a folder with config.json and manifest.json) at or under ``path``, sorted."""
+    root = Path(path)
+    if (root / "config.json").is_file() and (root / "manifest.json").is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if "config.json" in filenames and "manifest.json" in filenames:
+            found.append(Path(dirpath))
+            dirnames[:] = []  # a run directory holds no runs
+        else:
+            dirnames[:] = [d for d in dirnames if d not in ("checkpoints", "tb", "probes", "status", "locks")]
+    return sorted(found)
+
+
+@dataclasses.dataclass
+class Results:
+    """``runs`` (one row per run), ``long`` (one row per number) and the config shared by every run."""
+
+    runs: pd.DataFrame
+    long: pd.DataFrame
+    constant_config: dict[str, Any]
+    root: Path
+
+    @property
+    def varying(self) -> list[str]:
+        """Config fields that differ between runs, seed last (the cell columns are these minus seed)."""
+        cols = [c for c in self.long.columns if c not in LONG_COLUMNS]
+        return sorted((c for c in cols if c != "seed"), key=str) + (["seed"] if "seed" in cols else [])
+
+    @property
+    def cell_columns(self) -> list[str]:
+        return [c for c in self.varying if c != "seed"]
+
+    def select(self, source: str, metric: str | Iterable[str]) -> pd.DataFrame:
+        metrics = [metric] if isinstance(metric, str) else list(metric)
+        long = self.long
+        return long[(long["source"] == source) & (long["metric"].isin(metrics))]
+
+    def write(self, path: str | os.PathLike[str], fmt: str = "parquet") -> list[Path]:
+        """Write ``long`` (and ``runs`` beside it as ``<stem>.runs.<ext>``); ``fmt``: parquet or csv."""
+        from sphere_rl.runs.atomic import atomic_write_bytes
+
+        path = Path(path)
+        written = []
+        for frame, target in ((self.long, path), (self.runs, path.with_name(f"{path.stem}.runs{path.suffix}"))):
+            if fmt == "parquet":
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                table = pa.Table.from_pandas(frame, preserve_index=False)
+                meta = {**(table.schema.metadata or {}),
+                        b"sphere_rl.constant_config": json.dumps(self.constant_config, default=str).encode()}
+                sink = pa.BufferOutputStream()
+                pq.write_table(table.replace_schema_metadata(meta), sink)
+                written.append(atomic_write_bytes(target, sink.getvalue().to_pybytes()))
+            elif fmt == "csv":
+                written.append(atomic_write_bytes(target, frame.to_csv(index=False).encode("utf-8")))
+            else:
+                raise ValueError(f"format must be parquet or csv, got {fmt!r}")
+        return written
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    try:
+        frame = pd.read_csv(path, on_bad_lines="skip")
+    except (pd.errors.EmptyDataError, pd.errors.ParserError):
+        return None
+    return frame if len(frame) else None
+
+
+def _melt(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    ids = [c for c in _ID_COLUMNS if c in frame.columns]
+    values = [c for c in frame.columns if c not in ids and c not in ("task_step",)
+              and pd.api.types.is_numeric_dtype(frame[c])]
+    long = frame.melt(id_vars=ids, value_vars=values, var_name="metric", value_name="value")
+    long["source"] = source
+    return long.drop(columns=[c for c in ("task_step",) if c in long.columns])
+
+
+def _summary_rows(summary: dict[str, Any]) -> pd.DataFrame:
+    rows: list[dict[str, Any]] = []
+    tasks = summary.get("tasks", [])
+    per_task = {"final_success": summary.get("final_success", []), "final_return": summary.get("final_return", []),
+                "ntk_rank": summary.get("ntk_rank", []), "proxy_rank": summary.get("proxy_rank", [])}
+    for metric, values in per_task.items():
+        for i, value in enumerate(values or []):
+            rows.append({"task_index": i, "task": tasks[i] if i < len(tasks) else None, "metric": metric,
+                         "value": np.nan if value is None else float(value)})
+    for i, eigs in enumerate(summary.get("ntk_top_eigenvalues") or []):
+        for k, value in enumerate(eigs or []):
+            rows.append({"task_index": i, "task": tasks[i] if i < len(tasks) else None, "metric": f"ntk_eig_{k + 1}",
+                         "value": np.nan if value is None else float(value)})
+    for metric, value in _summary_scalars(summary).items():
+        rows.append({"task_index": None, "task": None, "metric": metric, "value": value})
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        frame["source"] = "summary"
+    return frame
+
+
+def _summary_scalars(summary: dict[str, Any] | None) -> dict[str, float]:
+    if not summary:
+        return {}
+    final = [v for v in summary.get("final_success", []) if v is not None]
+    out = {"average_success": float(np.mean(final)) if final else np.nan,
+           "env_steps": float(summary.get("env_steps", np.nan)), "wall_time_s": float(summary.get("wall_time_s", np.nan))}
+    for key in ("average_performance", "forgetting", "forward_transfer"):
+        value = (summary.get("continual") or {}).get(key)
+        if value is not None:
+            out[f"cw.{key}"] = float(value)
+    return out
+
+
+def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    flat = {k: v for k, v in flatten_config(config).items() if k not in _EXCLUDED_CONFIG}
+    summary_path = root / "summary.json"
+    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
+    name = os.path.relpath(root, sweep_root) if sweep_root is not None else str(root)
+    entry = index.get(root.name, {})
+    run_row = {"run": name, "job_id": entry.get("job_id", root.name), "preset": entry.get("preset"),
+               "complete": summary is not None, **flat, **_summary_scalars(summary)}
+    parts = []
+    if summary is not None:
+        parts.append(_summary_rows(summary))
+    for source, filename in (("eval", "eval.csv"), ("diagnostics", "diagnostics.csv"),
+                             ("continual", "continual_metrics.csv")):
+        frame = _read_csv(root / filename)
+        if frame is not None:
+            parts.append(_melt(frame, source))
+    for part in parts:
+        part["run"] = name
+    return run_row, parts
+
+
+def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURCES,
+                 complete_only: bool = False) -> Results:
+    """Load every run under ``path`` into :class:`Results` (see the module docstring for the columns)."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    sources = tuple(sources)
+    bad = set(sources) - set(SOURCES)
+    if bad:
+        raise ValueError(f"unknown source(s) {sorted(bad)}; sources: {', '.join(SOURCES)}")
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no run directories (config.json + manifest.json) under {root}")
+    index: dict[str, dict[str, Any]] = {}
+    if (root / "sweep.json").is_file():
+        index = {job["job_id"]: job for job in json.loads((root / "sweep.json").read_text(encoding="utf-8"))["jobs"]}
+    sweep_root = root if root not in runs else root.parent
+    run_rows, parts = [], []
+    for run_root in runs:
+        row, run_parts = _load_run(run_root, sweep_root, index)
+        if complete_only and not row["complete"]:
+            continue
+        run_rows.append(row)
+        parts += [p for p in run_parts if p["source"].iat[0] in sources]
+    runs_frame = pd.DataFrame(run_rows)
+    config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c == "seed"]
+    varying = [c for c in config_cols if runs_frame[c].astype(str).nunique(dropna=False) > 1]
+    constant = {c: _plain(runs_frame[c].iloc[0]) for c in config_cols if c not in varying}
+    long = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(LONG_COLUMNS))
+    for col in LONG_COLUMNS:
+        if col not in long.columns:
+            long[col] = None
+    long = long[list(LONG_COLUMNS)]
+    long["value"] = pd.to_numeric(long["value"], errors="coerce").astype("float64")
+    for col in ("env_step", "task_index", "eval_task_index"):
+        long[col] = pd.to_numeric(long[col], errors="coerce").astype("Int64")
+    long["task_end"] = long["task_end"].map(lambda v: None if pd.isna(v) else bool(v)).astype("boolean")
+    for col in ("run", "source", "task", "eval_task", "metric"):
+        long[col] = long[col].astype("category")
+    if varying:
+        cell = runs_frame.set_index("run")[varying]
+        long = long.join(cell, on="run")
+        for col in varying:
+            if long[col].dtype == object:
+                long[col] = long[col].astype("category")
+    return Results(runs=runs_frame, long=long, constant_config=constant, root=root)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
