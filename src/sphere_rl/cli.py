@@ -1,9 +1,12 @@
-"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity."""
+"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity,
+sweep, results, compare, report."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
 from sphere_rl.config import PRESETS, Config, ConfigError, load, preset
 
@@ -170,6 +173,77 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_spec(args: argparse.Namespace):
+    from sphere_rl.sweeps.spec import SweepSpec, load_spec, parse_grid_arg, parse_seeds
+
+    if args.spec and "=" in args.spec:  # no spec file: the first word is a shared override
+        args.overrides, args.spec = [args.spec, *args.overrides], None
+    if args.spec:
+        if args.preset or args.grid or args.seeds or args.overrides:
+            raise ConfigError("give a spec file or --preset/--grid/--seeds/overrides, not both")
+        spec = load_spec(args.spec)
+        return dataclasses.replace(spec, name=args.name) if args.name else spec
+    return SweepSpec(presets=tuple(args.preset or ["default"]), grid=tuple(parse_grid_arg(g) for g in args.grid or []),
+                     seeds=parse_seeds(args.seeds or "0"), overrides=tuple(args.overrides), name=args.name or "")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from sphere_rl.sweeps.launch import default_sweep_dir, launch
+    from sphere_rl.sweeps.sweep_dir import SweepDir
+
+    spec = _sweep_spec(args)
+    jobs = spec.jobs()  # every config validated before anything is written
+    root = args.dir or default_sweep_dir(spec, args.out_dir)
+    if args.dry_run or args.status:
+        states = SweepDir(root).states() if args.status and (Path(root) / "sweep.json").is_file() else {}
+        print(f"sweep {root}: {len(jobs)} jobs ({spec.n_cells} cells x {len(spec.seeds)} seeds)")
+        for job in jobs:
+            state = states.get(job.job_id, "pending") if args.status else "job"
+            print(f"  {state:<12} {job.job_id}  {job.label}")
+        return 0
+    if args.address and args.num_cpus is not None:
+        print("sphere sweep: --num-cpus applies to a local Ray only; the cluster's CPUs are used", file=sys.stderr)
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
+    if args.retries < 0:
+        raise ConfigError(f"--retries must be >= 0, got {args.retries}")
+    outcome = launch(spec, root, address=args.address, num_cpus=args.num_cpus, retries=args.retries,
+                     num_gpus=args.gpus_per_job)
+    return 0 if all(s in ("done", "busy") for s in outcome.states.values()) else 1
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from sphere_rl.results.table import load_results
+
+    results = load_results(args.path, complete_only=not args.include_incomplete)
+    fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "parquet")
+    out = args.out or str(Path(args.path) / f"results.{fmt}")
+    written = results.write(out, fmt=fmt)
+    done = int(results.runs["complete"].sum())
+    print(f"{len(results.runs)} runs ({done} complete), {len(results.long)} rows; cell columns: "
+          f"{', '.join(results.cell_columns) or '(none: every run has the same config)'}")
+    for path in written:
+        print(f"written {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sphere_rl.results.compare import compare_report
+    from sphere_rl.results.table import load_results
+
+    results = load_results(args.path, complete_only=True)
+    print(compare_report(results, by=args.by, metric=args.metric, baseline=args.baseline, reps=args.reps))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from sphere_rl.report.sweep_report import build_sweep_report
+
+    path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures)
+    print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,6 +328,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--diag-every", type=int, default=25_000, help="env steps between diagnostics in the runs it trains")
     p.add_argument("--out-dir", default="runs/proxy")
     p.set_defaults(func=cmd_proxy)
+
+    p = sub.add_parser("sweep", help="run presets x override grid x seeds on Ray (local or a cluster), resumable", description=(
+        "Run every job of a sweep: `sphere sweep --preset demo --grid reg.name=none,sphere --seeds 0-4`, or "
+        "`sphere sweep spec.yaml`. Re-running the same sweep skips finished jobs and resumes interrupted ones."))
+    p.add_argument("spec", nargs="?", default=None, help="a sweep spec file (.yaml/.yml/.toml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides applied to every job")
+    p.add_argument("--preset", action="append", help="named preset (repeatable: presets are a sweep axis)")
+    p.add_argument("--grid", action="append", metavar="FIELD=V1,V2",
+                   help="a grid axis, e.g. reg.name=none,sphere (repeatable; list values stay whole: net.hidden_sizes=[64,64],[128,128])")
+    p.add_argument("--seeds", help="seeds: 0-4, 0,3,7 or 0-2,10 (default 0)")
+    p.add_argument("--name", help="sweep name (default: preset + a hash of the spec)")
+    p.add_argument("--dir", help="sweep directory (default: OUT_DIR/NAME)")
+    p.add_argument("--out-dir", default="runs/sweeps", help="parent of the sweep directory")
+    p.add_argument("--address", help="an existing Ray cluster (e.g. auto, or ray://head:10001); default: a local Ray")
+    p.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use, one job each (default: all)")
+    p.add_argument("--gpus-per-job", type=float, default=0.0, help="GPUs per job on a cluster with GPUs (default 0)")
+    p.add_argument("--retries", type=int, default=2, help="times a job whose worker died is retried (default 2)")
+    p.add_argument("--dry-run", action="store_true", help="list the jobs (ids and values) and the sweep directory; run nothing")
+    p.add_argument("--status", action="store_true", help="list the jobs with their state (pending, running, interrupted, done, failed); run nothing")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("results", help="one long table of every run under a sweep (or runs) directory -> Parquet/CSV")
+    p.add_argument("path", help="a sweep directory, a folder of runs, or one run")
+    p.add_argument("-o", "--out", help="output file (default: PATH/results.parquet)")
+    p.add_argument("--format", choices=["parquet", "csv"], default=None,
+                   help="default: csv when --out ends in .csv, else parquet")
+    p.add_argument("--include-incomplete", action="store_true", help="also load runs without summary.json")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("compare", help="statistics of a sweep: per cell mean, IQM with 95%% CIs, tests against a baseline")
+    p.add_argument("path", help="a sweep directory or a folder of runs")
+    p.add_argument("--by", default="reg.name", help="the config field to compare (default reg.name)")
+    p.add_argument("--metric", default="average_success",
+                   help="per-run value: average_success (default), cw.forgetting, cw.forward_transfer, ...")
+    p.add_argument("--baseline", default=None, help="the level of --by to compare against (default: the first)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="one self-contained HTML report of a sweep: tables, figures, 3D update geometry")
+    p.add_argument("path", help="a sweep directory or a folder of runs")
+    p.add_argument("-o", "--out", default=None, help="HTML file (default: PATH/report.html)")
+    p.add_argument("--heldout", default=None, help="held-out env id for the feature PCA (default: by task family)")
+    p.add_argument("--figures", default=None, help="also write the figures as PNG + PDF into this folder")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
@@ -270,6 +389,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError) as err:
         print(f"sphere: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:
+        from sphere_rl.sweeps.launch import SweepLaunchError
+
+        if not isinstance(err, SweepLaunchError):
+            raise
+        print(f"sphere: {err}", file=sys.stderr)
+        return 2
     except ValueError as err:
         from sphere_rl.runs.checkpoint import CheckpointMismatchError
 
@@ -280,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\nsphere: interrupted; continue with `sphere train --resume RUN_DIR`", file=sys.stderr)
+        advice = {"train": "continue with `sphere train --resume RUN_DIR`",
+                  "sweep": "run the same `sphere sweep` command again to resume"}.get(args.command, "")
+        print(f"\nsphere: interrupted{'; ' + advice if advice else ''}", file=sys.stderr)
         return 130
 
 

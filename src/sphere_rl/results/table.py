@@ -19,6 +19,7 @@ Columns and their meaning are listed in docs/results.md; :data:`LONG_COLUMNS` is
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 from pathlib import Path
@@ -83,6 +84,13 @@ class Results:
     @property
     def cell_columns(self) -> list[str]:
         return [c for c in self.varying if c != "seed"]
+
+    def complete(self) -> "Results":
+        """The same results restricted to complete runs (summary.json written)."""
+        done = set(self.runs.loc[self.runs["complete"], "run"])
+        return Results(runs=self.runs[self.runs["run"].isin(done)].reset_index(drop=True),
+                       long=self.long[self.long["run"].isin(done)].reset_index(drop=True),
+                       constant_config=self.constant_config, root=self.root)
 
     def select(self, source: str, metric: str | Iterable[str]) -> pd.DataFrame:
         metrics = [metric] if isinstance(metric, str) else list(metric)
@@ -188,9 +196,49 @@ def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, An
     return run_row, parts
 
 
+def _pair_references(run_rows: list[dict[str, Any]], parts: list[pd.DataFrame], roots: list[Path],
+                     sweep_root: Path | None) -> None:
+    """Forward transfer needs a reference RL run of the same tasks and budget. A complete CRL run without
+    one gets, in memory, the Continual World metrics against the loaded RL run whose config is equal to
+    its own except ``run.protocol`` (the same seed, method and network): a sweep over
+    ``run.protocol=rl,crl`` pairs every seed. The run directories are not changed."""
+    from sphere_rl.protocols.continual_metrics import run_continual_metrics
+
+    def key(row: dict[str, Any]) -> str:
+        skip = {"run.protocol", "run.reference_run"}
+        return json.dumps({k: row[k] for k in sorted(row) if "." in k and k not in skip and not k.startswith("cw.")}
+                          | {"seed": row.get("seed")}, sort_keys=True, default=str)
+
+    by_name = dict(zip((r["run"] for r in run_rows), roots))
+    references = {key(r): by_name[r["run"]] for r in run_rows if r["complete"] and r.get("run.protocol") == "rl"}
+    for row in run_rows:
+        if not row["complete"] or row.get("run.protocol") != "crl" or not np.isnan(row.get("cw.forward_transfer", np.nan)):
+            continue
+        reference = references.get(key(row))
+        if reference is None:
+            continue
+        try:
+            metrics = run_continual_metrics(by_name[row["run"]], reference)
+        except (ValueError, FileNotFoundError, KeyError):
+            continue  # budgets or tasks differ: no forward transfer
+        summary = metrics.summary()
+        for name in ("average_performance", "forgetting", "forward_transfer"):
+            if summary.get(name) is not None:
+                row[f"cw.{name}"] = float(summary[name])
+        row["cw.reference_run"] = os.path.relpath(reference, sweep_root) if sweep_root else str(reference)
+        for i, part in enumerate(parts):
+            if part["source"].iat[0] == "continual" and part["run"].iat[0] == row["run"]:
+                fresh = _melt(pd.read_csv(io.StringIO(metrics.to_csv())), "continual")
+                fresh["run"] = row["run"]
+                parts[i] = fresh
+
+
 def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURCES,
-                 complete_only: bool = False) -> Results:
-    """Load every run under ``path`` into :class:`Results` (see the module docstring for the columns)."""
+                 complete_only: bool = False, pair_references: bool = True) -> Results:
+    """Load every run under ``path`` into :class:`Results` (see the module docstring for the columns).
+
+    ``pair_references``: CRL runs without forward transfer get it against their RL twin in the same
+    folder (see :func:`_pair_references`); ``cw.reference_run`` names it."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
@@ -205,13 +253,16 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
     if (root / "sweep.json").is_file():
         index = {job["job_id"]: job for job in json.loads((root / "sweep.json").read_text(encoding="utf-8"))["jobs"]}
     sweep_root = root if root not in runs else root.parent
-    run_rows, parts = [], []
+    run_rows, parts, roots = [], [], []
     for run_root in runs:
         row, run_parts = _load_run(run_root, sweep_root, index)
         if complete_only and not row["complete"]:
             continue
         run_rows.append(row)
+        roots.append(run_root)
         parts += [p for p in run_parts if p["source"].iat[0] in sources]
+    if pair_references:
+        _pair_references(run_rows, parts, roots, sweep_root)
     runs_frame = pd.DataFrame(run_rows)
     config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c == "seed"]
     varying = [c for c in config_cols if runs_frame[c].astype(str).nunique(dropna=False) > 1]
@@ -230,7 +281,7 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
     if varying:
         cell = runs_frame.set_index("run")[varying]
         long = long.join(cell, on="run")
-        for col in varying:
+        for col in ["run", *varying]:
             if long[col].dtype == object:
                 long[col] = long[col].astype("category")
     return Results(runs=runs_frame, long=long, constant_config=constant, root=root)

@@ -23,7 +23,7 @@ from sphere_rl.sweeps.spec import Job, SweepSpec
 from sphere_rl.sweeps.sweep_dir import SweepDir
 from sphere_rl.sweeps.worker import SINGLE_THREAD_XLA_FLAGS
 
-__all__ = ["launch", "SweepOutcome", "default_sweep_dir"]
+__all__ = ["launch", "SweepOutcome", "SweepLaunchError", "default_sweep_dir"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -79,16 +79,26 @@ def _ray_task(retries: int, num_gpus: float):
     return sweep_job
 
 
+class SweepLaunchError(RuntimeError):
+    """Ray could not be started or reached (the CLI prints it and exits with code 2)."""
+
+
 def _init_ray(address: str | None, num_cpus: int | None) -> int:
+    """Start a local Ray or join ``address`` (or $RAY_ADDRESS, as on a KubeRay head); returns its CPUs."""
     import ray
 
     env = {"env_vars": _job_env()}
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, runtime_env=env, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                     runtime_env=env)
+        try:
+            if address:
+                ray.init(address=address, runtime_env=env, log_to_driver=False)
+            else:
+                ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                         runtime_env=env)
+        except Exception as err:  # noqa: BLE001 - ConnectionError, RuntimeError, ValueError from Ray
+            where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+            raise SweepLaunchError(f"could not start or reach {where}: {err}".splitlines()[0]) from None
     return int(ray.cluster_resources().get("CPU", 1))
 
 
@@ -98,7 +108,7 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
     """Run every job of ``spec`` that is not done yet under ``root``; returns when all have ended."""
     stream = stream or sys.stdout
     jobs = spec.jobs()  # validates every config before anything is written
-    sweep = SweepDir(root)
+    sweep = SweepDir(Path(root).resolve())  # workers on other nodes get an absolute path
     sweep.register(spec, jobs)
     by_id: dict[str, Job] = {job.job_id: job for job in jobs}
     start = time.perf_counter()

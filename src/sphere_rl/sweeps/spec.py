@@ -46,6 +46,8 @@ def parse_seeds(value: Any) -> tuple[int, ...]:
     seeds: set[int] = set()
     for item in items:
         if isinstance(item, int) and not isinstance(item, bool):
+            if item < 0:
+                raise SpecError(f"seeds: {item} is negative")
             seeds.add(item)
             continue
         match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", str(item))
@@ -54,6 +56,8 @@ def parse_seeds(value: Any) -> tuple[int, ...]:
         lo, hi = int(match.group(1)), int(match.group(2) or match.group(1))
         if hi < lo:
             raise SpecError(f"seeds: empty range {item!r}")
+        if hi >= 2**31 or hi - lo >= 100_000:
+            raise SpecError(f"seeds: range {item!r} is too large (seeds < 2**31, at most 100000 per range)")
         seeds.update(range(lo, hi + 1))
     if not seeds:
         raise SpecError("seeds: no seed given")
@@ -182,29 +186,27 @@ class SweepSpec:
         jobs: list[Job] = []
         seen: dict[str, Job] = {}
         axes = [k for k, _ in self.grid]
-        for preset_name in self.presets:
-            for combo in itertools.product(*(values for _, values in self.grid)):
-                cell = dict(zip(axes, combo))
-                for seed in self.seeds:
-                    overrides: dict[str, Any] = {}
-                    for item in self.overrides:
-                        key, value = item.split("=", 1) if isinstance(item, str) and "=" in item else (None, None)
-                        if key is None:
-                            raise SpecError(f"overrides: {item!r} must look like section.field=value")
-                        overrides[key.strip()] = value.strip()
-                    overrides.update(cell)
-                    overrides["seed"] = seed
-                    try:
-                        config = preset(preset_name, overrides)
-                    except ConfigError as err:
-                        where = " ".join(f"{k}={v}" for k, v in cell.items())
-                        raise SpecError(f"{err} (preset {preset_name}{' ' + where if where else ''})") from None
-                    job = Job(job_id_of(config), preset_name, cell, seed, config)
-                    if job.job_id in seen:  # two grid points that resolve to the same config
-                        raise SpecError(f"jobs {seen[job.job_id].label!r} and {job.label!r} resolve to the same "
-                                        "config; remove the duplicate grid value")
-                    seen[job.job_id] = job
-                    jobs.append(job)
+        # seed-major order: the first jobs to finish cover every cell once, so partial results compare
+        shared: dict[str, Any] = {}
+        for item in self.overrides:
+            if not isinstance(item, str) or "=" not in item:
+                raise SpecError(f"overrides: {item!r} must look like section.field=value")
+            key, value = item.split("=", 1)
+            shared[key.strip()] = value.strip()
+        for seed, preset_name, combo in itertools.product(
+                self.seeds, self.presets, itertools.product(*(values for _, values in self.grid))):
+            cell = dict(zip(axes, combo))
+            try:
+                config = preset(preset_name, {**shared, **cell, "seed": seed})
+            except ConfigError as err:
+                where = " ".join(f"{k}={v}" for k, v in cell.items())
+                raise SpecError(f"{err} (preset {preset_name}{' ' + where if where else ''})") from None
+            job = Job(job_id_of(config), preset_name, cell, seed, config)
+            if job.job_id in seen:  # two grid points that resolve to the same config
+                raise SpecError(f"jobs {seen[job.job_id].label!r} and {job.label!r} resolve to the same "
+                                "config; remove the duplicate grid value")
+            seen[job.job_id] = job
+            jobs.append(job)
         return jobs
 
 

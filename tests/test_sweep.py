@@ -1,0 +1,308 @@
+"""`sphere sweep`: spec parsing and job ids, the crash-safe job lock, the worker, and real Ray sweeps
+(local, 2 CPUs): every job finishes, a killed worker is retried and resumes to the same numbers as an
+uninterrupted job, two launches at once never run one job twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sphere_rl.cli import main
+from sphere_rl.runs.lock import FileLock, LockHeldError
+from sphere_rl.sweeps.spec import SpecError, SweepSpec, load_spec, parse_grid_arg, parse_seeds
+from sphere_rl.sweeps.sweep_dir import SweepDir
+from sphere_rl.sweeps.worker import run_job
+
+TINY = ("net.n_experts=2", "net.top_k=1", "net.hidden_sizes=[16,16]", "net.gate_hidden_sizes=[16]",
+        "net.critic_hidden_sizes=[16]", "ppo.num_envs=8", "ppo.n_steps=16", "ppo.minibatch_size=64", "ppo.n_epochs=1",
+        "run.tasks=arm/reach,arm/permute", "run.eval_every=1024", "run.log_every=1024", "run.checkpoint_every=1024",
+        "run.eval_episodes=2", "run.tensorboard=false", "diag.n_states=16", "diag.probe_steps=2")
+"""A 2-task CRL run of a tiny Top-K MoE: 128 env steps per iteration, a checkpoint every 8 iterations."""
+
+
+def tiny_spec(steps: int = 2048, seeds=(0,), grid=(("reg.name", ("none",)),), name: str = "") -> SweepSpec:
+    return SweepSpec(presets=("demo",), grid=grid, seeds=seeds, overrides=(*TINY, f"run.steps_per_task={steps}"),
+                     name=name)
+
+
+@pytest.fixture(scope="module")
+def sweep_env(tmp_path_factory):
+    """Environment for `sphere sweep` subprocesses: one shared compilation cache, no Ray dashboard noise."""
+    env = dict(os.environ)
+    env["SPHERE_JAX_CACHE"] = str(tmp_path_factory.mktemp("sweep-jax-cache"))
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def write_spec(path: Path, spec: SweepSpec) -> Path:
+    import yaml
+
+    data = {"name": spec.name, "preset": list(spec.presets), "overrides": list(spec.overrides),
+            "grid": {k: list(v) for k, v in spec.grid}, "seeds": list(spec.seeds)}
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def sweep_cmd(spec_file: Path, sweep_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "sphere_rl.cli", "sweep", str(spec_file), "--dir", str(sweep_dir), *extra]
+
+
+# ----------------------------------------------------------------------------- spec and job ids
+@pytest.mark.parametrize("text, seeds", [
+    ("0-4", (0, 1, 2, 3, 4)), ("0,3,7", (0, 3, 7)), ("0-2,10", (0, 1, 2, 10)), (5, (5,)), ([3, 1, 3], (1, 3)),
+    ("2", (2,)), (" 1 - 2 ", (1, 2)),
+])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("bad", ["", "a", "4-2", "1.5", True, None, "0-99999999999", [-1]])
+def test_parse_seeds_rejects(bad):
+    with pytest.raises(SpecError, match="seeds"):
+        parse_seeds(bad)
+
+
+def test_parse_grid_keeps_list_values_whole():
+    assert parse_grid_arg("reg.name=none,sphere") == ("reg.name", ("none", "sphere"))
+    assert parse_grid_arg("net.hidden_sizes=[64,64],[128,128]") == ("net.hidden_sizes", ("[64,64]", "[128,128]"))
+    for bad in ("reg.name", "=a,b", "reg.name="):
+        with pytest.raises(SpecError):
+            parse_grid_arg(bad)
+
+
+def test_jobs_ids_order_and_validation():
+    spec = tiny_spec(seeds=(0, 1), grid=(("reg.name", ("none", "sphere")), ("run.protocol", ("rl", "crl"))))
+    jobs = spec.jobs()
+    assert len(jobs) == spec.n_cells * 2 == 8
+    # seed-major: the first four jobs are seed 0 of every cell
+    assert [j.seed for j in jobs] == [0] * 4 + [1] * 4
+    assert [(j.cell["reg.name"], j.cell["run.protocol"]) for j in jobs[:4]] == [
+        ("none", "rl"), ("none", "crl"), ("sphere", "rl"), ("sphere", "crl")]
+    assert len({j.job_id for j in jobs}) == 8
+    # ids depend on the resolved config only: same spec, same ids; output location and console don't count
+    assert [j.job_id for j in tiny_spec(seeds=(0, 1), grid=spec.grid).jobs()] == [j.job_id for j in jobs]
+    moved = SweepSpec(presets=spec.presets, grid=spec.grid, seeds=spec.seeds,
+                      overrides=(*spec.overrides, "run.out_dir=elsewhere", "run.progress=false", "run.name=x"))
+    assert [j.job_id for j in moved.jobs()] == [j.job_id for j in jobs]
+    changed = SweepSpec(presets=spec.presets, grid=spec.grid, seeds=spec.seeds, overrides=(*spec.overrides, "ppo.lr=1e-3"))
+    assert not {j.job_id for j in changed.jobs()} & {j.job_id for j in jobs}
+    assert jobs[0].config.seed == 0 and jobs[4].config.seed == 1
+    assert jobs[2].config.reg.name == "sphere" and jobs[2].config.reg.coef == 0.05  # resolved loss-mode default
+
+
+@pytest.mark.parametrize("spec_kwargs, message", [
+    ({"presets": ("nope",)}, "unknown preset"),
+    ({"presets": ("demo",), "grid": (("reg.nam", ("none",)),)}, "reg.nam"),
+    ({"presets": ("demo",), "grid": (("net.top_k", ("9",)),)}, "net.top_k"),
+    ({"presets": ("demo",), "grid": (("seed", ("1",)),)}, "seeds"),
+    ({"presets": ("demo",), "grid": (("reg.name", ("none", "none")),)}, "repeats"),
+    ({"presets": ("demo",), "grid": (("ppo.lr", ("3e-4", "0.0003")),)}, "same config"),
+    ({"presets": ("demo",), "name": "../x"}, "name"),
+])
+def test_bad_specs_name_the_problem(spec_kwargs, message):
+    with pytest.raises(SpecError, match=message):
+        SweepSpec(**spec_kwargs).jobs()
+
+
+def test_spec_files_yaml_and_toml(tmp_path):
+    yaml_file = tmp_path / "s.yaml"
+    yaml_file.write_text("name: mine\npreset: demo\noverrides: [run.steps_per_task=4096]\n"
+                         "grid:\n  reg.name: [none, sphere]\n  net.hidden_sizes: [[16, 16], [32, 32]]\nseeds: 0-2\n")
+    spec = load_spec(yaml_file)
+    assert spec.name == "mine" and spec.seeds == (0, 1, 2) and spec.n_cells == 4
+    assert spec.jobs()[1].config.net.hidden_sizes == (16, 16) or spec.jobs()[1].config.net.hidden_sizes == (32, 32)
+    toml_file = tmp_path / "s.toml"
+    toml_file.write_text('preset = "demo"\nseeds = [0, 1]\n[grid]\n"reg.name" = ["none", "sphere"]\n')
+    assert load_spec(toml_file).n_cells == 2
+    (tmp_path / "bad.yaml").write_text("preset: demo\ngrd: {}\n")
+    with pytest.raises(SpecError, match="unknown key"):
+        load_spec(tmp_path / "bad.yaml")
+    (tmp_path / "broken.yaml").write_text("preset: [demo\n")
+    with pytest.raises(SpecError, match="cannot be parsed"):
+        load_spec(tmp_path / "broken.yaml")
+    with pytest.raises(SpecError, match="does not exist"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_cli_dry_run_and_bad_input(tmp_path, capsys):
+    assert main(["sweep", "--preset", "demo", "--grid", "reg.name=none,sphere", "--seeds", "0-2", "--dir",
+                 str(tmp_path / "sw"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "6 jobs (2 cells x 3 seeds)" in out and out.count("pending") == 6
+    assert not (tmp_path / "sw").exists()  # a dry run writes nothing
+    assert main(["sweep", "--preset", "demo", "--grid", "reg.name=nope", "--dir", str(tmp_path / "x")]) == 2
+    assert "reg.name" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["sweep", "--preset", "demo", "--seeds", "b", "--dir", str(tmp_path / "x")]) == 2
+    assert main(["sweep", "--preset", "demo", "--num-cpus", "0", "--dir", str(tmp_path / "x")]) == 2
+
+
+# ----------------------------------------------------------------------------- the lock
+_HOLD = "import sys, time; from sphere_rl.runs.lock import FileLock; l = FileLock(sys.argv[1], 'test').acquire(); print('held', flush=True); time.sleep(60)"
+
+
+def test_lock_names_holder_and_dies_with_it(tmp_path):
+    path = tmp_path / "job.lock"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock = FileLock(path)
+        with pytest.raises(LockHeldError) as err:
+            lock.acquire()
+        assert err.value.holder["pid"] == holder.pid and "purpose" in err.value.holder
+        assert lock.is_locked()
+        holder.send_signal(signal.SIGKILL)  # a crash: no release, no cleanup
+        holder.wait(timeout=10)
+        with lock:  # the kernel released it with the process
+            assert lock.held and json.loads(path.read_text())["pid"] == os.getpid()
+        assert not lock.held and not lock.is_locked()
+    finally:
+        holder.kill()
+
+
+# ----------------------------------------------------------------------------- the worker, no Ray
+def test_worker_runs_skips_and_leaves_busy_jobs_alone(tmp_path):
+    spec = tiny_spec()
+    (job,) = spec.jobs()
+    sweep = SweepDir(tmp_path)
+    sweep.register(spec, [job])
+    first = run_job(str(tmp_path), job.to_index(), job.config.to_dict())
+    assert first["state"] == "done" and first["attempts"] == 1 and not first["resumed"]
+    assert (sweep.run_dir(job.job_id) / "summary.json").is_file()
+    again = run_job(str(tmp_path), job.to_index(), job.config.to_dict())
+    assert again["skipped"] and again["attempts"] == 1  # nothing re-run
+    held = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path / "locks" / f"{job.job_id}.lock")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        held.stdout.readline()
+        busy = run_job(str(tmp_path), job.to_index(), job.config.to_dict())
+        assert busy["state"] == "busy" and busy["holder"]["pid"] == held.pid
+    finally:
+        held.kill()
+        held.wait()
+
+
+def test_worker_records_a_failed_job(tmp_path):
+    spec = tiny_spec()
+    (job,) = spec.jobs()
+    config = job.config.to_dict()
+    config["run"]["tasks"] = "arm/does-not-exist"
+    record = run_job(str(tmp_path), job.to_index(), config)
+    assert record["state"] == "failed" and "does-not-exist" in record["error"] and record["error_line"]
+
+
+def test_worker_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
+    spec = tiny_spec()
+    (job,) = spec.jobs()
+    reference = run_job(str(tmp_path / "a"), job.to_index(), job.config.to_dict())
+    # a run directory with config, manifest and some log rows but no checkpoint: killed early
+    sweep = SweepDir(tmp_path / "b")
+    run_job(str(tmp_path / "b"), job.to_index(), job.config.to_dict())
+    root = sweep.run_dir(job.job_id)
+    for name in ("summary.json", "continual_metrics.csv"):
+        (root / name).unlink()
+    for ckpt in (root / "checkpoints").iterdir():
+        ckpt.unlink()
+    sweep.write_status(job.job_id, state="running")
+    record = run_job(str(tmp_path / "b"), job.to_index(), job.config.to_dict())
+    assert record["state"] == "done" and record["resumed"] and record["attempts"] == 2
+    for name in ("eval.csv", "metrics.csv", "diagnostics.csv"):
+        a = (SweepDir(tmp_path / "a").run_dir(job.job_id) / name).read_text().splitlines()
+        b = (root / name).read_text().splitlines()
+        assert len(a) == len(b), name  # no duplicated rows from the first attempt
+    assert record["average_success"] == reference["average_success"]
+
+
+# ----------------------------------------------------------------------------- real Ray
+@pytest.mark.slow
+def test_ray_sweep_runs_every_job_and_is_idempotent(tmp_path, sweep_env):
+    spec = tiny_spec(seeds=(0, 1), grid=(("reg.name", ("none", "sphere")),), name="tiny")
+    spec_file = write_spec(tmp_path / "tiny.yaml", spec)
+    sweep_dir = tmp_path / "sw"
+    out = subprocess.run(sweep_cmd(spec_file, sweep_dir, "--num-cpus", "2"), env=sweep_env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    sweep = SweepDir.open(sweep_dir)
+    jobs = spec.jobs()
+    assert {j["job_id"] for j in sweep.jobs} == {j.job_id for j in jobs}  # the index is complete
+    assert set(sweep.states().values()) == {"done"}
+    for job in jobs:
+        record = sweep.status(job.job_id)
+        assert record["attempts"] == 1 and record["host"] and record["timing"]["submitted_at"] <= record["timing"]["ready_at"]
+        assert f"done     {job.job_id}" in out.stdout
+        run_config = json.loads((sweep.run_dir(job.job_id) / "config.json").read_text())
+        assert run_config["seed"] == job.seed and run_config["reg"]["name"] == job.cell["reg.name"]
+    assert "sweep finished" in out.stdout and "4 done" in out.stdout
+    again = subprocess.run(sweep_cmd(spec_file, sweep_dir), env=sweep_env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "4 already done" in again.stdout and "Ray:" not in again.stdout
+    assert all(sweep.status(j.job_id)["attempts"] == 1 for j in jobs)
+
+
+@pytest.mark.slow
+def test_killed_worker_is_retried_and_resumes_to_the_same_numbers(tmp_path, sweep_env):
+    spec = tiny_spec(steps=12288, name="kill")
+    (job,) = spec.jobs()
+    spec_file = write_spec(tmp_path / "kill.yaml", spec)
+    reference = subprocess.run(sweep_cmd(spec_file, tmp_path / "ref", "--num-cpus", "1"), env=sweep_env,
+                               capture_output=True, text=True, timeout=600)
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+
+    sweep = SweepDir(tmp_path / "killed")
+    launch = subprocess.Popen(sweep_cmd(spec_file, sweep.root, "--num-cpus", "1", "--retries", "2"), env=sweep_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        checkpoints = sweep.run_dir(job.job_id) / "checkpoints"
+        while time.monotonic() < deadline and not (checkpoints.is_dir() and any(checkpoints.glob("*.ckpt"))):
+            assert launch.poll() is None, launch.stdout.read()
+            time.sleep(0.05)
+        pid = sweep.status(job.job_id)["pid"]
+        os.kill(pid, signal.SIGKILL)  # the worker dies mid-job, after its first checkpoint
+        output, _ = launch.communicate(timeout=600)
+    finally:
+        launch.kill()
+    assert launch.returncode == 0, output
+    record = sweep.status(job.job_id)
+    assert record["state"] == "done" and record["attempts"] == 2 and record["resumed"], record
+    assert "resumed" in output and "(attempt 2)" in output
+    ref_root, run_root = SweepDir(tmp_path / "ref").run_dir(job.job_id), sweep.run_dir(job.job_id)
+    ref_summary = json.loads((ref_root / "summary.json").read_text())
+    summary = json.loads((run_root / "summary.json").read_text())
+    for key in ("final_success", "final_return", "success_matrix", "ntk_rank", "proxy_rank", "env_steps"):
+        assert summary[key] == ref_summary[key], key
+    for name in ("eval.csv", "diagnostics.csv"):  # identical rows, none duplicated by the killed attempt
+        ref_rows = [line.split(",") for line in (ref_root / name).read_text().splitlines()]
+        rows = [line.split(",") for line in (run_root / name).read_text().splitlines()]
+        header = ref_rows[0]
+        drop = {i for i, col in enumerate(header) if "seconds" in col}  # timings differ
+        assert [[c for i, c in enumerate(r) if i not in drop] for r in rows] == \
+               [[c for i, c in enumerate(r) if i not in drop] for r in ref_rows], name
+
+
+@pytest.mark.slow
+def test_two_launches_at_once_never_run_a_job_twice(tmp_path, sweep_env):
+    spec = tiny_spec(seeds=(0, 1), name="twice")
+    spec_file = write_spec(tmp_path / "twice.yaml", spec)
+    sweep = SweepDir(tmp_path / "sw")
+    cmd = sweep_cmd(spec_file, sweep.root, "--num-cpus", "1")
+    launches = [subprocess.Popen(cmd, env=sweep_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in launches]
+    assert [p.returncode for p in launches] == [0, 0], outputs
+    for job in spec.jobs():
+        record = sweep.status(job.job_id)
+        assert record["state"] == "done" and record["attempts"] == 1, record
+        manifest = json.loads((sweep.run_dir(job.job_id) / "manifest.json").read_text())
+        assert "resumes" not in manifest  # one session wrote the run
+        ran = [line for o in outputs for line in o.splitlines()
+               if f"done     {job.job_id}" in line and "already done" not in line]
+        assert len(ran) == 1, outputs  # trained by exactly one launch; the other saw it busy or done
+        rows = (sweep.run_dir(job.job_id) / "eval.csv").read_text().splitlines()
+        assert len(rows) == len(set(rows))
