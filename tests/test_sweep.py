@@ -136,7 +136,7 @@ def test_cli_dry_run_and_bad_input(tmp_path, capsys):
     assert main(["sweep", "--preset", "demo", "--grid", "reg.name=none,sphere", "--seeds", "0-2", "--dir",
                  str(tmp_path / "sw"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "6 jobs (2 cells x 3 seeds)" in out and out.count("pending") == 6
+    assert "6 jobs (2 cells x 3 seeds)" in out and out.count("  job  ") == 6
     assert not (tmp_path / "sw").exists()  # a dry run writes nothing
     assert main(["sweep", "--preset", "demo", "--grid", "reg.name=nope", "--dir", str(tmp_path / "x")]) == 2
     assert "reg.name" in capsys.readouterr().err and not (tmp_path / "x").exists()
