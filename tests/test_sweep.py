@@ -306,3 +306,11 @@ def test_two_launches_at_once_never_run_a_job_twice(tmp_path, sweep_env):
         assert len(ran) == 1, outputs  # trained by exactly one launch; the other saw it busy or done
         rows = (sweep.run_dir(job.job_id) / "eval.csv").read_text().splitlines()
         assert len(rows) == len(set(rows))
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("configs/sweeps/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_sweep_specs_expand(path):
+    spec = load_spec(path)
+    jobs = spec.jobs()
+    assert spec.name == path.stem and len(jobs) == spec.n_cells * len(spec.seeds) and len(spec.seeds) >= 5

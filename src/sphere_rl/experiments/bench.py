@@ -168,11 +168,12 @@ def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, An
     return out
 
 
-BENCH_SUITES = ("update", "ntk", "sbx", "metaworld")
+BENCH_SUITES = ("update", "ntk", "sbx", "metaworld", "sweep")
 """`update`: update-phase time per actor kind and E, SPHERE overhead, optimiser floor, training throughput;
 `ntk`: cost of r_e(K); `sbx`: end-to-end env-steps/s against SBX PPO on Hopper-v5 and Humanoid-v5;
 `metaworld`: the same against SBX PPO on metaworld/hammer-v3, with the ratio to the raw simulator rate
-(`sbx` and `metaworld` need the `bench` extra)."""
+(`sbx` and `metaworld` need the `bench` extra); `sweep`: scheduling overhead and job start-up of a demo sweep
+on Ray, loading 1,000 runs, the report's size and load time (`experiments/bench_sweep.py`; opt-in)."""
 DEFAULT_BENCH_SUITES = ("update", "ntk", "sbx")
 """What `sphere bench` runs without `--suite`: `metaworld` is opt-in (it adds minutes of MetaWorld simulation)."""
 METAWORLD_BENCH_ENVS = ("metaworld/hammer-v3",)
@@ -208,6 +209,10 @@ def bench_markdown(results: dict[str, Any]) -> str:
     for suite in ("sbx", "metaworld"):
         if results.get(suite):
             lines += ["", sbx_markdown(results[suite])]
+    if results.get("sweep"):
+        from sphere_rl.experiments.bench_sweep import sweep_markdown
+
+        lines += ["", *sweep_markdown(results["sweep"])]
     return "\n".join(lines) + "\n"
 
 
@@ -235,6 +240,10 @@ def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tup
         else:
             print(f"{suite} suite skipped: install the bench extra "
                   "(pip install -c constraints.txt -c constraints-bench.txt -e '.[bench]')")
+    if "sweep" in suites:
+        from sphere_rl.experiments.bench_sweep import bench_sweep
+
+        results["sweep"] = bench_sweep(full=not quick)
     if "ntk" in suites:
         from sphere_rl.experiments.bench_ntk import bench_ntk
 

@@ -88,6 +88,8 @@ class Runner:
         if run_dir is not None and run_dir._checkpoints is None:
             run_dir.checkpoint_keep = cfg.run.keep_checkpoints  # run.keep_checkpoints decides pruning
         self.progress = cfg.run.progress if progress is None else progress
+        self.first_iteration_at: float | None = None
+        """Wall-clock time (``time.time()``) when this process's first training iteration returned."""
         self.tasks = list(envs.resolve_sequence(cfg.run.tasks))
         self._loops: dict[str, tuple[Any, Any]] = {}
         spaces = {self._space_of(t) for t in self.tasks}
@@ -242,6 +244,8 @@ class Runner:
                     lr = jnp.asarray(self.ppo.iteration_learning_rate(it), jnp.float32)
                     agent, carry, metrics = loop.iteration(agent, carry, params, lr)
                     metrics = jax.device_get(metrics)
+                    if self.first_iteration_at is None:
+                        self.first_iteration_at = time.time()  # start-up measured by sweeps and benchmarks
                     before, after = it * batch, (it + 1) * batch
                     state["iteration"] = it + 1
                     state["env_step"] += batch
