@@ -215,7 +215,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from sphere_rl.results.table import load_results
 
-    results = load_results(args.path, complete_only=not args.include_incomplete)
+    try:
+        results = load_results(args.path, complete_only=not args.include_incomplete)
+    except ValueError as err:
+        print(f"sphere results: {err}", file=sys.stderr)
+        return 2
     fmt = args.format or ("csv" if args.out and args.out.endswith(".csv") else "parquet")
     out = args.out or str(Path(args.path) / f"results.{fmt}")
     written = results.write(out, fmt=fmt)
@@ -231,15 +235,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from sphere_rl.results.compare import compare_report
     from sphere_rl.results.table import load_results
 
-    results = load_results(args.path, complete_only=True)
-    print(compare_report(results, by=args.by, metric=args.metric, baseline=args.baseline, reps=args.reps))
+    try:
+        results = load_results(args.path, complete_only=True)
+        print(compare_report(results, by=args.by, metric=args.metric, baseline=args.baseline, reps=args.reps))
+    except ValueError as err:  # --by that does not vary, unknown metric or baseline, too few runs
+        print(f"sphere compare: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from sphere_rl.report.sweep_report import build_sweep_report
 
-    path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures)
+    if args.reps < 100:
+        raise ConfigError(f"--reps must be >= 100, got {args.reps}")
+    try:
+        path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures)
+    except ValueError as err:
+        print(f"sphere report: {err}", file=sys.stderr)
+        return 2
     print(f"report written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -81,6 +81,7 @@ def geometry_runs(results: Results, protocol: str | None = None) -> list[Geometr
 
 def _feature_sets(results: Results, heldout: str, max_runs: int) -> dict[str, list[np.ndarray]]:
     from sphere_rl.protocols.heldout import heldout_features
+    from sphere_rl.runs.checkpoint import CheckpointError
 
     runs = F._with_labels(results, results.runs[results.runs["complete"]][["run", "seed"]])
     if (runs[F.PROTOCOL].astype(str) == "crl").any():
@@ -90,7 +91,7 @@ def _feature_sets(results: Results, heldout: str, max_runs: int) -> dict[str, li
         for run in list(group["run"])[:max_runs]:
             try:
                 out.setdefault(method, []).append(heldout_features(str(results.root / run), heldout))
-            except (FileNotFoundError, ValueError):
+            except (FileNotFoundError, ValueError, CheckpointError):
                 continue  # no good checkpoint or a different observation size: left out of the PCA
     return {m: v for m, v in out.items() if v}
 

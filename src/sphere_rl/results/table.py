@@ -35,6 +35,9 @@ LONG_COLUMNS = ("run", "source", "env_step", "task_index", "task", "eval_task_in
                 "metric", "value")
 _ID_COLUMNS = ("env_step", "task_index", "task", "task_step", "eval_task_index", "eval_task", "task_end")
 _EXCLUDED_CONFIG = ("run.out_dir", "run.name", "run.progress")
+_RUN_SCALARS = ("average_success", "env_steps", "wall_time_s", "cw.average_performance", "cw.forgetting",
+                "cw.forward_transfer")
+"""Per-run numbers of the `runs` table that also appear as `summary` rows of the long table."""
 
 
 def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -153,8 +156,6 @@ def _summary_rows(summary: dict[str, Any]) -> pd.DataFrame:
         for k, value in enumerate(eigs or []):
             rows.append({"task_index": i, "task": tasks[i] if i < len(tasks) else None, "metric": f"ntk_eig_{k + 1}",
                          "value": np.nan if value is None else float(value)})
-    for metric, value in _summary_scalars(summary).items():
-        rows.append({"task_index": None, "task": None, "metric": metric, "value": value})
     frame = pd.DataFrame(rows)
     if len(frame):
         frame["source"] = "summary"
@@ -263,6 +264,11 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
         parts += [p for p in run_parts if p["source"].iat[0] in sources]
     if pair_references:
         _pair_references(run_rows, parts, roots, sweep_root)
+    scalars = [{"run": row["run"], "task_index": None, "task": None, "metric": key, "value": row[key], "source": "summary"}
+               for row in run_rows if row["complete"] and "summary" in sources
+               for key in _RUN_SCALARS if key in row and row[key] is not None and not pd.isna(row[key])]
+    if scalars:
+        parts.append(pd.DataFrame(scalars))
     runs_frame = pd.DataFrame(run_rows)
     config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c == "seed"]
     varying = [c for c in config_cols if runs_frame[c].astype(str).nunique(dropna=False) > 1]

@@ -1,0 +1,225 @@
+"""The results table, `sphere compare`, the paper's figures and `sphere report`, on hand-built run
+directories whose every number is known, so counts and statistics are checked against numpy/scipy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from sphere_rl.cli import main
+from sphere_rl.config import preset
+from sphere_rl.report import figures as F
+from sphere_rl.report.sweep_report import build_sweep_report, geometry_runs, stage_names
+from sphere_rl.results import stats
+from sphere_rl.results.compare import compare_groups, per_run_values, score_matrices
+from sphere_rl.results.table import LONG_COLUMNS, load_results
+
+TASKS = ["arm/reach", "arm/permute", "arm/reach-left"]
+STEPS = 4096  # env steps per task in the synthetic runs (two rollouts of the demo preset)
+
+
+def success(method: str, protocol: str, seed: int) -> list[float]:
+    """Known final successes: SPHERE +0.1 on every task, CRL -0.3 on later tasks, seed jitter 0.01*seed."""
+    base = [0.9, 0.8, 0.7]
+    return [round(min(1.0, b + (0.1 if method == "sphere" else 0.0) - (0.3 if protocol == "crl" and t else 0.0)
+                      + 0.01 * seed), 4) for t, b in enumerate(base)]
+
+
+def make_run(root: Path, method: str, protocol: str, seed: int, complete: bool = True) -> Path:
+    cfg = preset("demo-quick", {"reg.name": method, "run.protocol": protocol, "seed": seed,
+                                "run.tasks": ",".join(TASKS), "run.steps_per_task": STEPS})
+    run = root / "runs" / f"{method}-{protocol}-{seed}"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(cfg.to_json())
+    (run / "manifest.json").write_text(json.dumps({"seed": seed}))
+    final = success(method, protocol, seed)
+    ntk = [10.0 + seed + (5.0 if method == "sphere" else 0.0) - t for t in range(3)]
+    eval_rows = ["env_step,task_index,task,task_step,eval_task_index,eval_task,return,success"]
+    diag_rows = ["env_step,task_index,task,task_step,task_end,ntk/effective_rank,ntk/eig_1,ntk/eig_2,ntk/eig_3,"
+                 "proxy/effective_rank,dormant_ratio"]
+    diag_rows.append(f"0,0,{TASKS[0]},0,0,{8.0 + seed},100.0,50.0,10.0,{4.0 + seed},0.0")
+    curves, matrix = [], []
+    for t, task in enumerate(TASKS):
+        end = (t + 1) * STEPS
+        half = t * STEPS + STEPS // 2
+        eval_rows.append(f"{half},{t},{task},{STEPS // 2},{t},{task},1.0,{final[t] / 2}")
+        eval_rows.append(f"{end},{t},{task},{STEPS},{t},{task},2.0,{final[t]}")
+        curves.append([[STEPS // 2, final[t] / 2], [STEPS, final[t]]])
+        matrix.append([final[j] if j <= t else None for j in range(3)])
+        diag_rows.append(f"{half},{t},{task},{STEPS // 2},0,{ntk[t] + 1},90.0,40.0,9.0,{ntk[t] / 2 + 0.5},0.1")
+        diag_rows.append(f"{end},{t},{task},{STEPS},1,{ntk[t]},80.0,30.0,{8.0 - t},{ntk[t] / 2},0.2")
+    (run / "eval.csv").write_text("\n".join(eval_rows) + "\n")
+    (run / "diagnostics.csv").write_text("\n".join(diag_rows) + "\n")
+    if complete:
+        summary = {"protocol": protocol, "tasks": TASKS, "final_success": final, "final_return": [2.0] * 3,
+                   "proxy_rank": [n / 2 for n in ntk], "ntk_rank": ntk,
+                   "ntk_top_eigenvalues": [[80.0, 30.0, 8.0 - t] for t in range(3)], "success_matrix": matrix,
+                   "task_curves": curves, "env_steps": 3 * STEPS, "wall_time_s": 10.0 + (5.0 if method == "sphere" else 0.0),
+                   "average_success": float(np.mean(final))}
+        if protocol == "crl":
+            summary["continual"] = {"average_performance": float(np.mean(final)), "forgetting": 0.0,
+                                    "forward_transfer": None}
+            (run / "continual_metrics.csv").write_text(
+                "task_index,task,success_end_of_task,success_final,forgetting,auc,reference_auc,forward_transfer\n"
+                + "".join(f"{t},{TASKS[t]},{final[t]},{final[t]},0.0,0.5,,\n" for t in range(3)))
+        (run / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    for method in ("none", "sphere"):
+        for protocol in ("rl", "crl"):
+            for seed in range(4):
+                make_run(root, method, protocol, seed)
+    make_run(root, "none", "crl", 9, complete=False)  # a run still going
+    return root
+
+
+def test_table_schema_and_row_counts(sweep):
+    res = load_results(sweep)
+    assert len(res.runs) == 17 and res.runs["complete"].sum() == 16
+    assert list(res.long.columns[:len(LONG_COLUMNS)]) == list(LONG_COLUMNS)
+    assert res.cell_columns == ["reg.name", "run.protocol"] and res.varying[-1] == "seed"
+    assert res.constant_config["run.tasks"] == ",".join(TASKS) and "reg.name" not in res.constant_config
+    long = res.long
+    counts = long.groupby("source", observed=True).size().to_dict()
+    # eval: 17 runs x 6 rows x 2 numeric metrics; diagnostics: 17 x 7 rows x 6 metrics (task_end is an id column)
+    assert counts["eval"] == 17 * 6 * 2 and counts["diagnostics"] == 17 * 7 * 6
+    # continual: 8 complete CRL runs x 3 tasks x 6 metrics (the incomplete run wrote none)
+    assert counts["continual"] == 8 * 3 * 6
+    # summary, per complete run: 3 tasks x (4 per-task metrics + 3 eigenvalues) + average_success, env_steps,
+    # wall_time_s (+ 2 CW scalars and forward transfer paired from the RL twin, for CRL runs)
+    per_run = long[long["source"] == "summary"].groupby("run", observed=True).size()
+    assert per_run.min() == 3 * 7 + 3 and per_run.max() == 3 * 7 + 3 + 3  # RL 24, CRL 27
+    assert long["value"].dtype == np.float64 and str(long["env_step"].dtype) == "Int64"
+    run = "runs/sphere-crl-2"
+    rows = res.select("summary", "final_success")
+    assert rows[rows["run"] == run].sort_values("task_index")["value"].tolist() == success("sphere", "crl", 2)
+    assert res.runs.set_index("run").loc[run, "average_success"] == pytest.approx(np.mean(success("sphere", "crl", 2)))
+    assert len(load_results(sweep, complete_only=True).runs) == 16
+    assert set(load_results(sweep, sources=["eval"]).long["source"]) == {"eval"}
+    with pytest.raises(ValueError, match="unknown source"):
+        load_results(sweep, sources=["nope"])
+    with pytest.raises(FileNotFoundError):
+        load_results(sweep / "nothing-here")
+
+
+def test_forward_transfer_is_paired_with_the_rl_twin(sweep):
+    from sphere_rl.protocols.continual_metrics import run_continual_metrics
+
+    res = load_results(sweep)
+    runs = res.runs.set_index("run")
+    assert runs.loc["runs/sphere-crl-1", "cw.reference_run"] == "runs/sphere-rl-1"
+    expected = run_continual_metrics(sweep / "runs/sphere-crl-1", sweep / "runs/sphere-rl-1").summary()
+    assert runs.loc["runs/sphere-crl-1", "cw.forward_transfer"] == pytest.approx(expected["forward_transfer"])
+    ft = res.select("continual", "forward_transfer")
+    assert ft[ft["run"] == "runs/sphere-crl-1"]["value"].notna().all()
+    assert np.isnan(runs.loc["runs/none-rl-0", "cw.forward_transfer"])  # RL runs have none
+    unpaired = load_results(sweep, pair_references=False).runs.set_index("run")
+    assert "cw.forward_transfer" not in unpaired.columns  # no run recorded one
+
+
+def test_write_parquet_and_csv(sweep, tmp_path):
+    import pyarrow.parquet as pq
+
+    res = load_results(sweep)
+    long_path, runs_path = res.write(tmp_path / "r.parquet")
+    assert runs_path.name == "r.runs.parquet"
+    back = pd.read_parquet(long_path)
+    assert len(back) == len(res.long) and list(back.columns) == list(res.long.columns)
+    meta = pq.read_schema(long_path).metadata[b"sphere_rl.constant_config"]
+    assert json.loads(meta)["run.tasks"] == ",".join(TASKS)
+    csv_path, _ = res.write(tmp_path / "r.csv", fmt="csv")
+    assert len(pd.read_csv(csv_path)) == len(res.long)
+    assert main(["results", str(sweep), "-o", str(tmp_path / "cli.csv")]) == 0
+    assert (tmp_path / "cli.csv").is_file() and (tmp_path / "cli.runs.csv").is_file()
+
+
+def test_compare_matches_direct_statistics(sweep, capsys):
+    res = load_results(sweep, complete_only=True)
+    values = per_run_values(res, "average_success")
+    assert len(values) == 16 and set(values.columns) >= {"run", "reg.name", "run.protocol", "seed", "average_success"}
+    groups = {g.label: g for g in compare_groups(res, by="reg.name", reps=300)}
+    assert set(groups) == {"run.protocol=crl", "run.protocol=rl"}
+    crl = groups["run.protocol=crl"].raw
+    x = np.array([np.mean(success("sphere", "crl", s)) for s in range(4)])
+    y = np.array([np.mean(success("none", "crl", s)) for s in range(4)])
+    assert crl.loc["sphere", "difference"] == pytest.approx(x.mean() - y.mean())
+    assert crl.loc["sphere", "welch_p"] == pytest.approx(sps.ttest_ind(x, y, equal_var=False).pvalue)
+    assert crl.loc["sphere", "mwu_p"] == pytest.approx(sps.mannwhitneyu(x, y, alternative="two-sided").pvalue)
+    assert crl.loc["none", "mean"] == pytest.approx(y.mean())
+    matrices = score_matrices(res, "final_success", by=["reg.name", "run.protocol"])
+    assert matrices["reg.name=sphere, run.protocol=rl"].shape == (4, 3)
+    assert groups["run.protocol=crl"].continual is not None
+    assert main(["compare", str(sweep), "--by", "reg.name", "--reps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "## run.protocol=crl" in out and "sphere" in out and "Welch p" in out
+    assert main(["compare", str(sweep), "--by", "net.actor"]) == 2  # does not vary: a usage error
+
+
+def test_figures_show_the_numbers(sweep):
+    res = load_results(sweep, complete_only=True)
+    fig = F.success_bars(res)
+    heights = sorted(round(p.get_height(), 6) for p in fig.axes[0].patches)
+    expected = sorted(round(float(np.mean([np.mean(success(m, p, s)) for s in range(4)])), 6)
+                      for m in ("none", "sphere") for p in ("rl", "crl"))
+    assert heights == expected
+    fig = F.ntk_rank_across_tasks(res)
+    lines = {(ax.get_title()[:3], line.get_label()): line.get_ydata() for ax in fig.axes for line in ax.get_lines()}
+    sphere_rl = lines[("RL:", "sphere")]
+    assert sphere_rl[0] == pytest.approx(np.mean([8.0 + s for s in range(4)]))  # initialisation row
+    assert list(sphere_rl[1:]) == pytest.approx([np.mean([15.0 + s - t for s in range(4)]) for t in range(3)])
+    fig, corr = F.proxy_scatter(res)
+    diag = res.select("diagnostics", ["ntk/effective_rank", "proxy/effective_rank"])
+    wide = diag.pivot_table(index=["run", "env_step"], columns="metric", values="value", observed=True)
+    assert corr["n"] == len(wide) == 16 * 7
+    assert corr["spearman_rho"] == pytest.approx(sps.spearmanr(wide["ntk/effective_rank"], wide["proxy/effective_rank"])[0])
+    profile = F.performance_profiles(res, reps=100)
+    assert len(profile.axes) == 2
+    overhead = F.overhead_table(res)
+    row = overhead[(overhead["method"] == "sphere") & (overhead["protocol"] == "crl")].iloc[0]
+    assert row["x baseline"] == pytest.approx(15.0 / 10.0)
+    for name in ("a", "b"):
+        paths = F.save_figure(F.success_bars(res), sweep / "figs", name)
+        assert [p.suffix for p in paths] == [".png", ".pdf"] and paths[0].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_geometry_stages_and_means(sweep):
+    res = load_results(sweep, complete_only=True)
+    runs = geometry_runs(res, "crl")
+    assert [r.label.split(" ")[0] for r in runs] == ["none", "sphere"]  # the baseline first
+    assert runs[0].stages == ("Initialise", "reach", "permute", "reach-left")
+    assert runs[0].eigenvalues[0] == (100.0, 50.0, 10.0) and runs[0].eigenvalues[2] == (80.0, 30.0, 7.0)
+    assert runs[1].effective_rank[1] == pytest.approx(np.mean([15.0 + s for s in range(4)]))
+    assert stage_names(["humanoidbench/h1-stand", "humanoidbench/h1-walk"]) == ["Initialise", "Stand", "Walk"]
+
+
+def test_report_is_self_contained(sweep, tmp_path):
+    out = build_sweep_report(sweep, tmp_path / "report.html", reps=200, figures_dir=tmp_path / "figs")
+    html = out.read_text(encoding="utf-8")
+    for needle in ("Statistics", "run.protocol=crl", "Per task", "Figures", "Update geometry", "Initialise",
+                   "Cost", "17 runs", "(16 complete)"):
+        assert needle in html, needle
+    from html.parser import HTMLParser
+
+    class Sources(HTMLParser):  # script bodies are raw text to the parser: only real tags are seen
+        found: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.found += [value for name, value in attrs if name in ("src", "href") and value
+                           and not value.startswith(("#", "data:"))]
+
+    parser = Sources()
+    parser.feed(html)
+    assert parser.found == []  # nothing loaded from anywhere: one self-contained file
+    assert html.count("data:image/png;base64,") >= 4
+    assert {p.name for p in (tmp_path / "figs").iterdir()} >= {"success_bars.png", "success_bars.pdf",
+                                                                "ntk_rank_across_tasks.pdf"}
+    assert main(["report", str(sweep), "-o", str(tmp_path / "cli.html"), "--reps", "100"]) == 0
