@@ -73,14 +73,14 @@ def _browser_load_seconds(path: Path) -> float | None:
         return None
     if chromium is None:
         return None
-    args = ["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--ignore-gpu-blocklist"]
+    args = ["--headless=new", "--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=args)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             start = time.perf_counter()
-            page.goto(path.resolve().as_uri(), wait_until="load")
-            page.wait_for_selector(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas", timeout=30_000)
+            page.goto(path.resolve().as_uri(), wait_until="load", timeout=120_000)
+            page.wait_for_selector(".js-plotly-plot .gl-container canvas, .js-plotly-plot canvas", timeout=120_000)
             return time.perf_counter() - start
         finally:
             browser.close()

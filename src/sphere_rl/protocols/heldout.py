@@ -65,6 +65,8 @@ def heldout_features(run_path: str, env_id: str, *, n_states: int = 512, seed: i
     from sphere_rl.runs import RunDir
 
     run_dir = RunDir.open(run_path)
+    if run_dir.checkpoints.latest_step() is None:  # before building (and compiling) anything
+        raise FileNotFoundError(f"{run_dir.root} has no checkpoint")
     runner = Runner(Config.from_saved(run_dir.config).validate(), run_dir, progress=False)
     tree, _, _ = runner.load_checkpoint()
     agent = tree["agent"]

@@ -35,9 +35,14 @@ def stage_names(tasks: list[str]) -> list[str]:
     return ["Initialise", *names]
 
 
-def geometry_runs(results: Results, protocol: str | None = None) -> list[GeometryRun]:
+GEOMETRY_MAX_METHODS = 4
+"""Columns of the 3D view at most (each is two WebGL scenes); further methods are listed, not drawn."""
+
+
+def geometry_runs(results: Results, protocol: str | None = None,
+                  max_methods: int = GEOMETRY_MAX_METHODS) -> list[GeometryRun]:
     """One :class:`GeometryRun` per method (mean over its seeds of the top-3 eigenvalues of K at
-    initialisation and at every task end); the baseline (``none``) first."""
+    initialisation and at every task end); the baseline (``none``) first, at most ``max_methods``."""
     runs = F._with_labels(results, results.runs[results.runs["complete"]][["run"]])
     if protocol is not None:
         runs = runs[runs[F.PROTOCOL].astype(str) == protocol]
@@ -76,7 +81,7 @@ def geometry_runs(results: Results, protocol: str | None = None) -> list[Geometr
         label = f"{method} ({len(members)} seed{'s' if len(members) > 1 else ''}, {arch})"
         out.append(GeometryRun(label=label, stages=stage_names(tasks), eigenvalues=stage_eigs,
                                effective_rank=stage_ranks))
-    return out
+    return out[:max_methods]
 
 
 def _feature_sets(results: Results, heldout: str, max_runs: int) -> dict[str, list[np.ndarray]]:
@@ -194,8 +199,9 @@ def report_sections(results: Results, *, by: str | None = None, heldout: str | N
             "in the same protocol and architecture, as measured in this sweep (runs shared the machine, one per "
             "CPU). The update-phase overhead alone is measured by `sphere bench`."), Table(overhead)]
     protocol = "crl" if "crl" in set(results.runs.get(F.PROTOCOL, pd.Series(dtype=str)).astype(str)) else None
-    geo = geometry_runs(results, protocol)
+    geo = geometry_runs(results, protocol, max_methods=10**6)
     if geo:
+        shown, left = geo[:GEOMETRY_MAX_METHODS], geo[GEOMETRY_MAX_METHODS:]
         stages = " → ".join(geo[0].stages)
         items += [Heading("Update geometry"), Text(
             "A gradient step moves the policy's outputs by K ∇_f L, where K is the empirical NTK. Top row: the unit "
@@ -203,7 +209,11 @@ def report_sections(results: Results, *, by: str | None = None, heldout: str | N
             "an ellipsoid with semi-axes lambda_1..3 (normalised by lambda_1, mean over seeds) at each stage "
             f"({stages}). A collapsed spectrum flattens the ellipsoid: updates can move the outputs in fewer "
             "directions. Use the slider, Play / Reset and the mesh switch; drag to rotate."),
-            Geometry(geo, caption=f"{'CRL' if protocol == 'crl' else 'all'} runs; baseline first")]
+            Geometry(shown, caption=f"{'CRL' if protocol == 'crl' else 'all'} runs; baseline first")]
+        if left:
+            items.append(Text(f"{len(left)} more methods are not drawn (the view shows {GEOMETRY_MAX_METHODS}): "
+                              + ", ".join(f"`{g.label}`" for g in left) + ". Their eigenvalues are in the results "
+                              "table (`summary` rows `ntk_eig_1..3`)."))
     items += [Heading("Runs"), Table(_runs_table(results))]
     if saved:
         items.append(Text(f"Figures also written as PNG and PDF to `{Path(saved[0]).parent}`."))
