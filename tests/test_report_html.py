@@ -157,6 +157,7 @@ def test_geometry_run_validation():
         GeometryRun("x", ["a"], [(1.0, -1.0, 0.0)])
     with pytest.raises(ValueError, match="effective ranks"):
         GeometryRun("x", ["a"], [(1.0, 1.0, 1.0)], [1.0, 2.0])
+    assert GeometryRun("x", ["a"], [(2.0, 1.0, -1e-12)]).eigenvalues == ((2.0, 1.0, 0.0),)  # round-off
     run = GeometryRun("x", ["a"], [[0.5, 2.0, 1.0]])
     assert run.eigenvalues == ((2.0, 1.0, 0.5),) and run.stages == ("a",)
     with pytest.raises(ValueError, match="share their stages"):

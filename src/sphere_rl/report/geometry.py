@@ -59,7 +59,8 @@ class GeometryRun:
     """One run (one column of the view): the top-3 eigenvalues of K at every stage.
 
     ``stages`` are the stage names (e.g. ``["Initialise", "Stand", "Walk"]``), ``eigenvalues[i]`` the
-    top-3 eigenvalues of K at stage i (any order; they are sorted in decreasing order), and
+    top-3 eigenvalues of K at stage i (any order; they are sorted in decreasing order; round-off negatives
+    down to -1e-9 of the largest become 0), and
     ``effective_rank[i]`` (optional) r_e(K) at stage i, shown in the titles and the table.
     Lists are stored as tuples.
     """
@@ -78,8 +79,11 @@ class GeometryRun:
             values = tuple(float(v) for v in triple)
             if len(values) != 3:
                 raise ValueError(f"GeometryRun {self.label!r}: stage {i} has {len(values)} eigenvalues, expected 3")
-            if not all(math.isfinite(v) and v >= 0.0 for v in values):
+            # K is positive semi-definite: a tiny negative eigenvalue is round-off and counts as 0
+            tolerance = 1e-9 * max((abs(v) for v in values if math.isfinite(v)), default=0.0)
+            if not all(math.isfinite(v) and v >= -tolerance for v in values):
                 raise ValueError(f"GeometryRun {self.label!r}: stage {i} eigenvalues must be finite and >= 0, got {values}")
+            values = tuple(max(v, 0.0) for v in values)
             eigs.append(tuple(sorted(values, reverse=True)))
         if len(eigs) != len(stages):
             raise ValueError(f"GeometryRun {self.label!r}: {len(stages)} stages but {len(eigs)} eigenvalue triples")
