@@ -302,6 +302,12 @@ def test_figures_from_bytes_and_paths(tmp_path):
     for image in (png, path, str(path)):
         page = render_report(title="t", sections=[Figure(image, caption="c <x>")])
         assert f'src="data:image/png;base64,{encoded}"' in page and "<figcaption>c &lt;x&gt;</figcaption>" in page
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    page = render_report(title="t", sections=[Figure(fig)])
+    plt.close(fig)
+    assert page.count('src="data:image/png;base64,iVBORw0KGgo') == 1  # a matplotlib figure, saved as PNG
     with pytest.raises(ValueError, match="not a PNG"):
         render_report(title="t", sections=[Figure(b"GIF89a...")])
     with pytest.raises(FileNotFoundError):
