@@ -304,17 +304,38 @@ def geometry_table_html(runs: Sequence[GeometryRun]) -> str:
             f"<tbody>{''.join(rows)}</tbody></table>")
 
 
-def geometry_html(runs: Sequence[GeometryRun], *, div_id: str = DEFAULT_DIV_ID, **figure_kwargs) -> str:
+def _defer_until_loaded(plot_html: str) -> str:
+    """Run plotly's drawing script after the page's ``load`` event instead of while the page is parsed.
+
+    Drawing the WebGL scenes takes seconds under a software renderer; deferred, the report opens
+    (text, tables, figures) at once and the 3D view appears a moment later."""
+    start = plot_html.find("<script")
+    body_start = plot_html.find(">", start) + 1
+    end = plot_html.rfind("</script>")
+    if start < 0 or end < body_start:
+        return plot_html
+    body = plot_html[body_start:end]
+    deferred = ("(function(){function draw(){" + body + "}"
+                "if(document.readyState==='complete'){setTimeout(draw,0);}"
+                "else{window.addEventListener('load',function(){setTimeout(draw,0);});}})();")
+    return plot_html[:body_start] + deferred + plot_html[end:]
+
+
+def geometry_html(runs: Sequence[GeometryRun], *, div_id: str = DEFAULT_DIV_ID, defer: bool = True,
+                  **figure_kwargs) -> str:
     """The view as an HTML fragment for a page that already loads plotly.js (not included here).
 
     Contains the plotly ``<div id=div_id>`` and its script, a ``<noscript>`` copy of
     :func:`geometry_table_html`, and a hidden ``<div id="{div_id}-fallback">`` with the same table that a
     small inline script shows (hiding the plot) when the browser offers no WebGL.
-    ``figure_kwargs`` go to :func:`geometry_figure`.
+    ``figure_kwargs`` go to :func:`geometry_figure`. With ``defer`` (default) the view is drawn after
+    the page's ``load`` event (:func:`_defer_until_loaded`).
     """
     fig = geometry_figure(runs, **figure_kwargs)
     plot = fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id, auto_play=False,
                        config={"displaylogo": False, "responsive": True})
+    if defer:
+        plot = _defer_until_loaded(plot)
     table = geometry_table_html(runs)
     note = ("<p>The 3D view needs WebGL, which this browser does not provide; "
             "these are the numbers it shows (top-3 eigenvalues of K per stage).</p>")
