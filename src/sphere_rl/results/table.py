@@ -134,16 +134,41 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
     return frame if len(frame) else None
 
 
-def _melt(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    ids = [c for c in _ID_COLUMNS if c in frame.columns]
-    values = [c for c in frame.columns if c not in ids and c not in ("task_step",)
-              and pd.api.types.is_numeric_dtype(frame[c])]
-    long = frame.melt(id_vars=ids, value_vars=values, var_name="metric", value_name="value")
-    long["source"] = source
-    return long.drop(columns=[c for c in ("task_step",) if c in long.columns])
+Part = dict[str, np.ndarray]
+"""Rows of the long table as equal-length column arrays (stacked once at the end: far cheaper than a
+DataFrame per file)."""
 
 
-def _summary_rows(summary: dict[str, Any]) -> pd.DataFrame:
+def _melt(frame: pd.DataFrame, source: str) -> Part:
+    """Wide CSV rows -> one row per (row, numeric column): the id columns repeated, ``metric``, ``value``."""
+    ids = [c for c in _ID_COLUMNS if c in frame.columns and c != "task_step"]
+    values = [c for c, dtype in frame.dtypes.items() if c not in _ID_COLUMNS and dtype.kind in "biuf"]
+    n, m = len(frame), len(values)
+    out = {c: np.tile(frame[c].to_numpy(), m) for c in ids}
+    out["metric"] = np.repeat(np.asarray(values, dtype=object), n)
+    out["value"] = frame[values].to_numpy(dtype=np.float64).ravel(order="F") if m else np.empty(0)
+    out["source"] = np.full(n * m, source, dtype=object)
+    return out
+
+
+def _part(rows: list[dict[str, Any]], source: str) -> Part:
+    keys = ("task_index", "task", "metric", "value")
+    out = {k: np.asarray([r[k] for r in rows], dtype=np.float64 if k == "value" else object) for k in keys}
+    out["source"] = np.full(len(rows), source, dtype=object)
+    return out
+
+
+def _stack(parts: list[Part]) -> pd.DataFrame:
+    """One DataFrame with :data:`LONG_COLUMNS` from many parts (a column a part lacks is missing there)."""
+    lengths = [len(p["value"]) for p in parts]
+    data = {}
+    for col in LONG_COLUMNS:
+        arrays = [p[col] if col in p else np.full(n, None, dtype=object) for p, n in zip(parts, lengths)]
+        data[col] = np.concatenate(arrays) if arrays else np.empty(0, dtype=object)
+    return pd.DataFrame(data)
+
+
+def _summary_rows(summary: dict[str, Any]) -> Part:
     rows: list[dict[str, Any]] = []
     tasks = summary.get("tasks", [])
     per_task = {"final_success": summary.get("final_success", []), "final_return": summary.get("final_return", []),
@@ -156,10 +181,7 @@ def _summary_rows(summary: dict[str, Any]) -> pd.DataFrame:
         for k, value in enumerate(eigs or []):
             rows.append({"task_index": i, "task": tasks[i] if i < len(tasks) else None, "metric": f"ntk_eig_{k + 1}",
                          "value": np.nan if value is None else float(value)})
-    frame = pd.DataFrame(rows)
-    if len(frame):
-        frame["source"] = "summary"
-    return frame
+    return _part(rows, "summary")
 
 
 def _summary_scalars(summary: dict[str, Any] | None) -> dict[str, float]:
@@ -175,7 +197,7 @@ def _summary_scalars(summary: dict[str, Any] | None) -> dict[str, float]:
     return out
 
 
-def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[pd.DataFrame]]:
+def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[Part]]:
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     flat = {k: v for k, v in flatten_config(config).items() if k not in _EXCLUDED_CONFIG}
     summary_path = root / "summary.json"
@@ -192,12 +214,13 @@ def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, An
         frame = _read_csv(root / filename)
         if frame is not None:
             parts.append(_melt(frame, source))
+    parts = [p for p in parts if len(p["value"])]
     for part in parts:
-        part["run"] = name
+        part["run"] = np.full(len(part["value"]), name, dtype=object)
     return run_row, parts
 
 
-def _pair_references(run_rows: list[dict[str, Any]], parts: list[pd.DataFrame], roots: list[Path],
+def _pair_references(run_rows: list[dict[str, Any]], parts: list[Part], roots: list[Path],
                      sweep_root: Path | None) -> None:
     """Forward transfer needs a reference RL run of the same tasks and budget. A complete CRL run without
     one gets, in memory, the Continual World metrics against the loaded RL run whose config is equal to
@@ -228,9 +251,9 @@ def _pair_references(run_rows: list[dict[str, Any]], parts: list[pd.DataFrame], 
                 row[f"cw.{name}"] = float(summary[name])
         row["cw.reference_run"] = os.path.relpath(reference, sweep_root) if sweep_root else str(reference)
         for i, part in enumerate(parts):
-            if part["source"].iat[0] == "continual" and part["run"].iat[0] == row["run"]:
+            if part["source"][0] == "continual" and part["run"][0] == row["run"]:
                 fresh = _melt(pd.read_csv(io.StringIO(metrics.to_csv())), "continual")
-                fresh["run"] = row["run"]
+                fresh["run"] = np.full(len(fresh["value"]), row["run"], dtype=object)
                 parts[i] = fresh
 
 
@@ -261,27 +284,25 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
             continue
         run_rows.append(row)
         roots.append(run_root)
-        parts += [p for p in run_parts if p["source"].iat[0] in sources]
+        parts += [p for p in run_parts if p["source"][0] in sources]
     if pair_references:
         _pair_references(run_rows, parts, roots, sweep_root)
-    scalars = [{"run": row["run"], "task_index": None, "task": None, "metric": key, "value": row[key], "source": "summary"}
+    scalars = [{"run": row["run"], "task_index": None, "task": None, "metric": key, "value": row[key]}
                for row in run_rows if row["complete"] and "summary" in sources
                for key in _RUN_SCALARS if key in row and row[key] is not None and not pd.isna(row[key])]
     if scalars:
-        parts.append(pd.DataFrame(scalars))
+        part = _part(scalars, "summary")
+        part["run"] = np.asarray([r["run"] for r in scalars], dtype=object)
+        parts.append(part)
     runs_frame = pd.DataFrame(run_rows)
     config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c == "seed"]
     varying = [c for c in config_cols if runs_frame[c].astype(str).nunique(dropna=False) > 1]
     constant = {c: _plain(runs_frame[c].iloc[0]) for c in config_cols if c not in varying}
-    long = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(LONG_COLUMNS))
-    for col in LONG_COLUMNS:
-        if col not in long.columns:
-            long[col] = None
-    long = long[list(LONG_COLUMNS)]
+    long = _stack(parts)
     long["value"] = pd.to_numeric(long["value"], errors="coerce").astype("float64")
     for col in ("env_step", "task_index", "eval_task_index"):
         long[col] = pd.to_numeric(long[col], errors="coerce").astype("Int64")
-    long["task_end"] = long["task_end"].map(lambda v: None if pd.isna(v) else bool(v)).astype("boolean")
+    long["task_end"] = pd.to_numeric(long["task_end"], errors="coerce").astype("Float64").astype("boolean")
     for col in ("run", "source", "task", "eval_task", "metric"):
         long[col] = long[col].astype("category")
     if varying:
