@@ -88,8 +88,8 @@ class Runner:
         if run_dir is not None and run_dir._checkpoints is None:
             run_dir.checkpoint_keep = cfg.run.keep_checkpoints  # run.keep_checkpoints decides pruning
         self.progress = cfg.run.progress if progress is None else progress
-        self.first_iteration_at: float | None = None
-        """Wall-clock time (``time.time()``) when this process's first training iteration returned."""
+        self.timing: dict[str, float] = {}
+        """Wall-clock stamps (``time.time()``) of this process's training start and first two iterations."""
         self.tasks = list(envs.resolve_sequence(cfg.run.tasks))
         self._loops: dict[str, tuple[Any, Any]] = {}
         spaces = {self._space_of(t) for t in self.tasks}
@@ -242,10 +242,13 @@ class Runner:
                 while state["task_index"] == t:
                     it = state["iteration"]
                     lr = jnp.asarray(self.ppo.iteration_learning_rate(it), jnp.float32)
+                    if len(self.timing) < 3:  # start-up, as sweeps and `sphere bench` measure it
+                        self.timing.setdefault("training_started_at", time.time())
                     agent, carry, metrics = loop.iteration(agent, carry, params, lr)
                     metrics = jax.device_get(metrics)
-                    if self.first_iteration_at is None:
-                        self.first_iteration_at = time.time()  # start-up measured by sweeps and benchmarks
+                    if len(self.timing) < 3:
+                        self.timing.setdefault("first_iteration_at" if len(self.timing) == 1 else "second_iteration_at",
+                                               time.time())
                     before, after = it * batch, (it + 1) * batch
                     state["iteration"] = it + 1
                     state["env_step"] += batch

@@ -77,8 +77,7 @@ def run_job(sweep_root: str, job: dict[str, Any], config: dict[str, Any],
             return sweep.write_status(job_id, state="failed", error=_error_text(err),
                                       error_line=f"{type(err).__name__}: {err}".splitlines()[0][:300],
                                       wall_s=time.perf_counter() - start)
-        timing = {**sweep.status(job_id).get("timing", {}), "first_iteration_at": runner.first_iteration_at,
-                  "finished_at": time.time()}
+        timing = {**sweep.status(job_id).get("timing", {}), **runner.timing, "finished_at": time.time()}
         return sweep.write_status(job_id, state="done", wall_s=time.perf_counter() - start, timing=timing,
                                   average_success=result.average_success, env_steps=result.env_steps)
     finally:
