@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sphere_rl.report.geometry import GeometryRun
 from sphere_rl.report.html import Geometry, Heading, Table, Text, write_report
+from test_report_html import STAGES, synthetic_runs  # the same synthetic spectra as the unit tests
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,7 +28,6 @@ WEBGL_ARGS = ["--headless=new", "--no-sandbox", "--enable-unsafe-swiftshader", "
 NO_WEBGL_ARGS = ["--headless=new", "--no-sandbox", "--disable-webgl", "--disable-3d-apis"]
 VIEWPORT = {"width": 1280, "height": 1000}
 DIV = "sphere-geometry"
-STAGES = ["Initialise", "Stand", "Walk", "Pole", "Slide", "Run"]
 REPO = Path(__file__).resolve().parents[1]
 
 HAS_WEBGL = """() => { try { const c = document.createElement('canvas');
@@ -42,16 +41,6 @@ BASELINE_SCENE_BOX = f"""() => {{
   const d = fl[keys[0]].domain;
   return [s.l + d.x[0] * s.w, s.t + (1 - d.y[1]) * s.h, s.l + d.x[1] * s.w, s.t + (1 - d.y[0]) * s.h];
 }}"""
-
-
-def synthetic_runs():
-    """A baseline whose top-3 spectrum collapses over five tasks and a SPHERE run that stays round."""
-    t = np.arange(len(STAGES))
-    base = GeometryRun("Top-K MoE", STAGES, [(50.0 * 0.8**k, 45.0 * 0.5**k, 40.0 * 0.35**k) for k in t],
-                       [60.0 * 0.6**k for k in t])
-    sphere = GeometryRun("+ SPHERE", STAGES, [(50.0, 45.0 * 0.97**k, 40.0 * 0.95**k) for k in t],
-                         [60.0 - 2.0 * k for k in t])
-    return [base, sphere]
 
 
 def _pixels(png: bytes) -> np.ndarray:
