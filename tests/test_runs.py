@@ -452,3 +452,70 @@ def test_resumed_run_csv_equals_uninterrupted(tmp_path: Path) -> None:
     assert read_metrics(part.path("metrics.csv"))[-1]["env_step"] == 70
     _fake_training(RunDir.open(part.root), total=10)
     assert part.path("metrics.csv").read_bytes() == full.path("metrics.csv").read_bytes()
+
+
+# ----------------------------------------------------------------------------- the writer lock
+_HOLD_RUN = ("import sys, time; from sphere_rl.runs import RunDir; l = RunDir.open(sys.argv[1]).lock('holder').acquire();"
+             " print('held', flush=True); time.sleep(60)")
+
+
+def test_run_lock_refuses_a_second_writer_and_dies_with_its_holder(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from sphere_rl.runs.run_dir import RunInUseError
+
+    run = RunDir.create(tmp_path, name="r", config={"a": 1}, seed=0)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_RUN, str(run.root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunInUseError, match=f"pid {holder.pid}") as err:
+            run.lock("second").acquire()
+        assert "holder" in str(err.value)
+        with pytest.raises(RunInUseError):  # a resume through create is refused too, nothing written
+            RunDir.create(tmp_path, name="r", config={"a": 1}, seed=0, exist_ok=True)
+        assert "resumes" not in run.manifest
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        with run.lock("after the crash"):  # the kernel released it: no stale lock
+            pass
+    finally:
+        holder.kill()
+
+
+def test_two_lock_objects_exclude_each_other_in_one_process(tmp_path):
+    from sphere_rl.runs.run_dir import RunInUseError
+
+    run = RunDir.create(tmp_path, name="r", config={"a": 1}, seed=0)
+    with run.lock("first"):
+        with pytest.raises(RunInUseError):
+            run.lock("second").acquire()
+        assert RunDir(run.root).lock("probe") is not None
+
+
+_CREATE = ("import sys; from sphere_rl.runs import RunDir\n"
+           "try:\n    RunDir.create(sys.argv[1], name='same', config={'a': 1}, seed=0); print('created')\n"
+           "except Exception as e:\n    print(type(e).__name__)")
+
+
+def test_concurrent_create_of_one_name_has_one_winner(tmp_path):
+    import subprocess
+    import sys
+
+    for trial in range(5):
+        out = tmp_path / f"t{trial}"
+        procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(out)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(4)]
+        results = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+        assert results.count("created") == 1, results
+        assert set(results) - {"created"} <= {"RunExistsError", "RunInUseError"}, results
+
+
+def test_stale_temp_files_are_removed(tmp_path):
+    run = RunDir.create(tmp_path, name="r", config={"a": 1}, seed=0)
+    (run.root / ".metrics.csv.abc.tmp").write_text("x")
+    (run.root / "checkpoints").mkdir()
+    (run.root / "checkpoints" / ".ckpt_000000000100.ckpt.def.tmp").write_text("x")
+    removed = run.remove_stale_temp_files()
+    assert len(removed) == 2 and not list(run.root.rglob("*.tmp"))

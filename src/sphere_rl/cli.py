@@ -39,8 +39,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.overrides or args.config:
             raise ConfigError("--resume continues a run with its saved config; drop the overrides/--config")
         run_dir = RunDir.open(args.resume)
+        if run_dir.is_complete:
+            summary = run_dir.summary
+            print(f"{run_dir.root} is complete (summary.json: average success "
+                  f"{summary.get('average_success', float('nan')):.3f}, {summary.get('env_steps', '?')} env steps); "
+                  "nothing to resume")
+            return 0
         cfg = Config.from_saved(run_dir.config).validate()
-        print(f"resuming {run_dir.root}")
+        step = run_dir.checkpoints.latest_step()
+        print(f"resuming {run_dir.root} from " + (f"its checkpoint at env step {step}" if step is not None
+                                                   else "env step 0 (it stopped before its first checkpoint)"))
         result = Runner(cfg, run_dir).run(resume=True)
     else:
         cfg = _build_config(args)
@@ -406,9 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sphere: {err}", file=sys.stderr)
         return 2
     except RuntimeError as err:
+        from sphere_rl.runs.run_dir import RunInUseError
         from sphere_rl.sweeps.launch import SweepLaunchError
 
-        if not isinstance(err, SweepLaunchError):
+        if not isinstance(err, (SweepLaunchError, RunInUseError)):
             raise
         print(f"sphere: {err}", file=sys.stderr)
         return 2

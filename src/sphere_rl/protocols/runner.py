@@ -202,6 +202,18 @@ class Runner:
         return tree, meta, step
 
     def run(self, resume: bool = False) -> RunResult:
+        """Train (or, with ``resume``, continue) the run; holds the run directory's writer lock throughout
+        (:class:`~sphere_rl.runs.run_dir.RunInUseError` when another process is writing it)."""
+        if self.run_dir is None:
+            if resume:
+                raise ValueError("resume needs a run directory")
+            return self._run(resume)
+        with self.run_dir.lock("training: Runner.run"):
+            if resume:
+                self.run_dir.remove_stale_temp_files()
+            return self._run(resume)
+
+    def _run(self, resume: bool) -> RunResult:
         cfg, batch = self.cfg, self.cfg.batch_size
         iterations = cfg.iterations_per_task
         total_steps = iterations * batch * len(self.tasks)

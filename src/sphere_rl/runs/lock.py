@@ -1,10 +1,13 @@
 """An exclusive lock file that names its holder and disappears with it (crash-safe).
 
-The lock is an OS advisory lock (POSIX ``fcntl.lockf``) on a small file. The kernel drops it when
-the holding process exits for any reason, ``kill -9`` included, so a crashed holder never leaves a
-stale lock behind; POSIX locks also work across the clients of an NFS mount, which is what a sweep
-on a cluster shares. The file's content (pid, host, start time, purpose) only serves the message
-that names the holder; it is never what decides whether the lock is held.
+The lock is an OS advisory lock (``flock``) on a small file. The kernel drops it when the holding
+process exits for any reason, ``kill -9`` included, so a crashed holder never leaves a stale lock
+behind. ``flock`` locks belong to the open file, so two lock objects on one path exclude each
+other even inside one process, and closing some other descriptor of the file does not drop the
+lock. On NFS, Linux implements ``flock`` with the server's byte-range locks, so the lock also
+works between the clients of a mount, which is what a sweep on a cluster shares. The file's
+content (pid, host, start time, purpose) only serves the message that names the holder; it is
+never what decides whether the lock is held.
 """
 
 from __future__ import annotations
@@ -33,9 +36,8 @@ class LockHeldError(RuntimeError):
 class FileLock:
     """``with FileLock(path, purpose="..."):`` or ``acquire()`` / ``release()``; never blocks.
 
-    ``acquire`` raises :class:`LockHeldError` when another process holds the lock. One process
-    may hold one ``FileLock`` object per path (POSIX locks are per process: a second object on the
-    same path in the same process would share, and on release drop, the first one's lock).
+    ``acquire`` raises :class:`LockHeldError` when anyone else (another process, or another
+    ``FileLock`` object in this one) holds the lock.
     """
 
     def __init__(self, path: str | os.PathLike[str], purpose: str = ""):
@@ -53,10 +55,10 @@ class FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
             os.close(fd)
-            if err.errno in (errno.EACCES, errno.EAGAIN):
+            if err.errno in (errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK):
                 raise LockHeldError(self.path, self.holder()) from None
             raise
         info = {"pid": os.getpid(), "host": socket.gethostname(),
@@ -73,7 +75,7 @@ class FileLock:
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, 0)  # an unlocked file with content would name a holder that is gone
-            fcntl.lockf(fd, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
 

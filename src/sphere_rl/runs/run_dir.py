@@ -11,12 +11,26 @@ from typing import Any
 
 from sphere_rl.runs.atomic import atomic_write_json, to_json_text
 from sphere_rl.runs.checkpoint import CheckpointManager
+from sphere_rl.runs.lock import FileLock, LockHeldError
 from sphere_rl.runs.logger import MetricsLogger
 from sphere_rl.runs.manifest import build_manifest
 
-__all__ = ["RunDir", "RunExistsError", "NotARunDirectoryError", "ConfigMismatchError", "config_hash"]
+__all__ = ["RunDir", "RunExistsError", "NotARunDirectoryError", "ConfigMismatchError", "RunInUseError",
+           "config_hash", "LOCK_FILE"]
 
 CONFIG_FILE, MANIFEST_FILE, SUMMARY_FILE = "config.json", "manifest.json", "summary.json"
+LOCK_FILE = ".lock"
+"""Held (an OS lock, released when the process dies) by whoever writes the run: `Runner.run`, `RunDir.create`."""
+
+
+class RunInUseError(RuntimeError):
+    """Another live process is writing this run directory."""
+
+    def __init__(self, root: Path, holder: dict[str, Any]):
+        self.root, self.holder = root, holder
+        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')} since {holder.get('since', '?')}"
+               + (f" ({holder['purpose']})" if holder.get("purpose") else "")) if holder else "another process"
+        super().__init__(f"run directory {root} is in use by {who}; wait for it to finish or stop it first")
 
 
 class RunExistsError(FileExistsError):
@@ -109,23 +123,39 @@ class RunDir:
             if not name or name in (".", "..") or "/" in name or os.sep in name:
                 raise ValueError(f"invalid run name {name!r}")
             root = out / name
+            if not (root / CONFIG_FILE).exists() and root.exists() and any(
+                    p.name != LOCK_FILE for p in root.iterdir()):
+                raise RunExistsError(f"{root} exists, is not empty and is not a run directory; refusing to write into it")
+            root.mkdir(exist_ok=True)
+        run = cls(root, checkpoint_keep)
+        with run.lock("RunDir.create"):  # two processes creating the same name: exactly one wins
             if (root / CONFIG_FILE).exists():
-                if not exist_ok:
+                if name is None or not exist_ok:
                     raise RunExistsError(f"run directory {root} already exists; pass exist_ok=True to resume it")
-                run = cls(root, checkpoint_keep)
                 diff = _diff_keys(run.config, normalised)
                 if diff:
                     raise ConfigMismatchError(f"cannot resume {root}: config differs: " + "; ".join(diff[:20]))
                 run.write_manifest(seed, extra=manifest_extra)
                 return run
-            if root.exists() and any(root.iterdir()):
-                raise RunExistsError(f"{root} exists, is not empty and is not a run directory; refusing to write into it")
-            root.mkdir(exist_ok=True)
-        run = cls(root, checkpoint_keep)
-        atomic_write_json(root / CONFIG_FILE, normalised)
-        run._config = normalised
-        run.write_manifest(seed, extra=manifest_extra)
+            atomic_write_json(root / CONFIG_FILE, normalised)
+            run._config = normalised
+            run.write_manifest(seed, extra=manifest_extra)
         return run
+
+    def lock(self, purpose: str = "") -> "_RunLock":
+        """The run's writer lock (a context manager; :class:`RunInUseError` when another process holds it)."""
+        return _RunLock(self.root, purpose)
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete ``.*.tmp`` files left by a process killed inside an atomic write (call holding the lock)."""
+        removed = []
+        for path in list(self.root.glob(".*.tmp")) + list(self.root.glob("*/.*.tmp")):
+            try:
+                path.unlink()
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+        return removed
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], checkpoint_keep: int | None = 3) -> "RunDir":
@@ -203,3 +233,27 @@ class RunDir:
     def summary(self) -> dict[str, Any] | None:
         """Contents of summary.json, or None while the run is incomplete."""
         return self.read_json(SUMMARY_FILE) if self.is_complete else None
+
+
+class _RunLock:
+    """`FileLock` on ``<run>/.lock`` that raises :class:`RunInUseError` and may be entered once per object."""
+
+    def __init__(self, root: Path, purpose: str):
+        self.root = root
+        self._lock = FileLock(root / LOCK_FILE, purpose=purpose)
+
+    def acquire(self) -> "_RunLock":
+        try:
+            self._lock.acquire()
+        except LockHeldError as err:
+            raise RunInUseError(self.root, err.holder) from None
+        return self
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> "_RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
