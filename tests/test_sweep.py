@@ -314,3 +314,28 @@ def test_shipped_sweep_specs_expand(path):
     spec = load_spec(path)
     jobs = spec.jobs()
     assert spec.name == path.stem and len(jobs) == spec.n_cells * len(spec.seeds) and len(spec.seeds) >= 5
+
+
+def test_bench_startup_arithmetic():
+    """`sphere bench --suite sweep`'s start-up breakdown on hand-made stamps: 3 jobs, 2 CPUs."""
+    from sphere_rl.experiments.bench_sweep import _startup, sweep_markdown
+
+    def rec(submitted, entered, ready, started, first, second, finished):
+        return {"timing": {"submitted_at": submitted, "entered_at": entered, "ready_at": ready,
+                           "training_started_at": started, "first_iteration_at": first,
+                           "second_iteration_at": second, "finished_at": finished}}
+
+    records = [rec(0.0, 1.0, 2.0, 6.0, 8.0, 8.5, 50.0),       # first wave: free at submission
+               rec(0.0, 1.5, 2.5, 6.5, 8.0, 8.5, 60.0),
+               rec(0.0, 51.0, 52.0, 56.0, 57.5, 58.0, 99.0)]  # waits for the first job's CPU (free at 50)
+    parts = _startup(records, n_cpus=2)
+    assert parts[0] == pytest.approx({"process": 1.0, "build": 1.0, "setup": 4.0, "compile": 1.5, "startup": 3.5})
+    assert parts[1]["process"] == pytest.approx(1.5) and parts[1]["compile"] == pytest.approx(1.0)
+    assert parts[2]["process"] == pytest.approx(1.0) and parts[2]["startup"] == pytest.approx(1.0 + 1.0 + 1.0)
+    result = {"sweep": {"jobs": 3, "cpus": 2, "budget": "demo", "wall_s": 100.0, "ideal_wall_s": 90.0,
+                        "overhead_ratio": 100 / 90, "process_median_s": 1.0, "build_median_s": 1.0,
+                        "compile_median_s": 1.0, "setup_median_s": 4.0, "startup_median_s": 3.0, "startup_max_s": 3.5},
+              "results_load": {"runs": 1000, "rows": 10, "seconds": 9.0},
+              "report": {"runs": 100, "build_seconds": 5.0, "size_mb": 6.0, "browser_load_seconds": None}}
+    text = "\n".join(sweep_markdown(result))
+    assert "1.11x" in text and "3.0 s / 3.5 s" in text and "n/a (no chromium/playwright)" in text
