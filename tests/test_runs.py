@@ -519,3 +519,17 @@ def test_stale_temp_files_are_removed(tmp_path):
     (run.root / "checkpoints" / ".ckpt_000000000100.ckpt.def.tmp").write_text("x")
     removed = run.remove_stale_temp_files()
     assert len(removed) == 2 and not list(run.root.rglob("*.tmp"))
+
+
+def test_summary_json_is_strict_json(tmp_path):
+    import json
+    import math
+
+    run = RunDir.create(tmp_path, name="r", config={"a": 1}, seed=0)
+    run.mark_complete({"forward_transfer": math.nan, "curve": [1.0, math.inf, -math.inf], "nested": {"x": math.nan}})
+
+    def refuse(constant):
+        raise ValueError(f"bare {constant} in summary.json")
+
+    data = json.loads(run.path("summary.json").read_text(), parse_constant=refuse)
+    assert data == {"forward_transfer": None, "curve": [1.0, None, None], "nested": {"x": None}}

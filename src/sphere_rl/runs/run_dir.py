@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,16 @@ class ConfigMismatchError(ValueError):
 def _normalise(config: dict[str, Any]) -> Any:
     """The config exactly as it will read back from config.json (tuples -> lists, numpy -> python...)."""
     return json.loads(to_json_text(config))
+
+
+def _finite_or_null(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_null(v) for v in obj]
+    return obj
 
 
 def config_hash(config: dict[str, Any], length: int = 8) -> str:
@@ -221,8 +232,9 @@ class RunDir:
         return MetricsLogger(self.root, tensorboard, **kwargs)
 
     def mark_complete(self, summary: dict[str, Any]) -> Path:
-        """Atomically write summary.json; its presence marks the run complete."""
-        return self.write_json(SUMMARY_FILE, summary)
+        """Atomically write summary.json; its presence marks the run complete. NaN and infinities are
+        written as ``null`` (JSON has no NaN; strict readers reject a bare ``NaN``)."""
+        return self.write_json(SUMMARY_FILE, _finite_or_null(_normalise(summary)))
 
     @property
     def is_complete(self) -> bool:
