@@ -97,3 +97,40 @@ def test_checkpoint_that_does_not_fit_gives_one_clear_error(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "does not fit" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--name", "../escape"], "run.name"),
+    (["--name", "a/b"], "run.name"),
+    (["run.name=."], "run.name"),
+    (["seed=1e30"], "seed"),
+    (["seed=18446744073709551616"], "seed"),
+    (["net.hidden_sizes=1e30"], "net.hidden_sizes"),
+    (["net.n_experts=1e30"], "net.n_experts"),
+    (["net.hidden_sizes=100000"], "net.hidden_sizes"),
+    (["net.log_std_init=nan"], "net.log_std_init"),
+    (["ppo.lr=inf"], "ppo.lr"),
+    (["ppo.clip_range=inf"], "ppo.clip_range"),
+    (["net.gate_temperature=-inf"], "net.gate_temperature"),
+    (["run.tasks=arm/reach,humanoidbench/h1-walk"], "same observation and action sizes"),
+])
+def test_bad_input_exits_2_naming_the_field_and_leaves_nothing(tmp_path, capsys, args, needle):
+    """Issue 16's list of inputs that gave tracebacks or were accepted: each is one line, exit 2, no files."""
+    out_dir = tmp_path / "out"
+    assert main(["train", "--preset", "demo-quick", "--out-dir", str(out_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out_dir.exists()  # nothing left behind
+
+
+def test_bad_config_and_resume_inputs_exit_2(tmp_path, capsys):
+    assert main(["train", "--config", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    (broken / "manifest.json").write_text("{}")
+    assert main(["train", "--resume", str(broken)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert main(["train", "--resume", str(broken), "--name", "x"]) == 2
+    assert "--name" in capsys.readouterr().err

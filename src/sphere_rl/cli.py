@@ -36,16 +36,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sphere_rl.runs import RunDir
 
     if args.resume:
-        if args.overrides or args.config:
-            raise ConfigError("--resume continues a run with its saved config; drop the overrides/--config")
+        if args.overrides or args.config or args.name or args.out_dir:
+            raise ConfigError("--resume continues a run with its saved config and place; "
+                              "drop the overrides/--config/--name/--out-dir")
         run_dir = RunDir.open(args.resume)
+        try:
+            saved = run_dir.config
+        except ValueError as err:  # json.JSONDecodeError
+            raise ConfigError(f"{run_dir.path('config.json')} is not valid JSON ({err}); this run cannot be resumed")
         if run_dir.is_complete:
             summary = run_dir.summary
             print(f"{run_dir.root} is complete (summary.json: average success "
                   f"{summary.get('average_success', float('nan')):.3f}, {summary.get('env_steps', '?')} env steps); "
                   "nothing to resume")
             return 0
-        cfg = Config.from_saved(run_dir.config).validate()
+        cfg = Config.from_saved(saved).validate()
         step = run_dir.checkpoints.latest_step()
         print(f"resuming {run_dir.root} from " + (f"its checkpoint at env step {step}" if step is not None
                                                    else "env step 0 (it stopped before its first checkpoint)"))
@@ -56,9 +61,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = cfg.override({"run.out_dir": args.out_dir})
         if args.name:
             cfg = cfg.override({"run.name": args.name})
+        cfg = cfg.validate()
+        out_existed = Path(cfg.run.out_dir).exists()
         run_dir = RunDir.create(cfg.run.out_dir, name=cfg.run.name or None, config=cfg.to_dict(), seed=cfg.seed)
+        try:
+            runner = Runner(cfg, run_dir)
+        except ValueError as err:  # e.g. tasks of different sizes: found when the envs are built
+            import shutil
+
+            shutil.rmtree(run_dir.root, ignore_errors=True)  # created just now; nothing of value in it
+            if not out_existed:
+                shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+            raise ConfigError(str(err)) from None
         print(f"run directory: {run_dir.root}")
-        result = Runner(cfg, run_dir).run()
+        result = runner.run()
     _print_result(result)
     return 0
 
@@ -412,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except (FileNotFoundError, FileExistsError) as err:
         print(f"sphere: {err}", file=sys.stderr)
+        return 2
+    except PermissionError as err:
+        print(f"sphere: cannot write {err.filename or ''}: permission denied", file=sys.stderr)
         return 2
     except RuntimeError as err:
         from sphere_rl.runs.run_dir import RunInUseError

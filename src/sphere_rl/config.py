@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -346,6 +347,10 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     return cls(**kwargs)
 
 
+_INT_LIMIT = 2**31
+"""Integers in a config (seeds, sizes, step counts) stay below this; larger values are typos."""
+
+
 def _coerce(tp: Any, value: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -384,13 +389,20 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
                 value = float(value.replace("_", "")) if any(c in value for c in ".eE") else int(value.replace("_", ""))
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError
+            if abs(value) >= _INT_LIMIT:
+                raise ConfigError(f"{name} must be below 2**31 in magnitude, got {value!r}")
             return int(value)
         if tp is float:
             if isinstance(value, bool):
                 raise ValueError
-            return float(value)
+            value = float(value)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+            return value
         if tp is str:
             return str(value)
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r}") from None
     return value
@@ -410,13 +422,16 @@ def _validate(cfg: Config) -> None:
 
     n, p, r, run = cfg.net, cfg.ppo, cfg.reg, cfg.run
     _check(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    _check(run.name == "" or (run.name not in (".", "..") and "/" not in run.name and os.sep not in run.name),
+           "run.name", "must be a plain directory name (no '/', not '.' or '..')", run.name)
 
     _check(n.actor in nets.ACTORS, "net.actor", f"must be one of {sorted(nets.ACTORS)}", n.actor)
     _check(n.critic in nets.CRITICS, "net.critic", f"must be one of {sorted(nets.CRITICS)}", n.critic)
     for fname in ("hidden_sizes", "gate_hidden_sizes", "critic_hidden_sizes"):
         sizes = getattr(n, fname)
-        _check(len(sizes) >= 1 and all(s > 0 for s in sizes), f"net.{fname}", "must be a non-empty list of positive ints", sizes)
-    _check(n.n_experts >= 1, "net.n_experts", "must be >= 1", n.n_experts)
+        _check(len(sizes) >= 1 and all(0 < s <= 65_536 for s in sizes), f"net.{fname}",
+               "must be a non-empty list of ints in [1, 65536]", sizes)
+    _check(1 <= n.n_experts <= 4096, "net.n_experts", "must be in [1, 4096]", n.n_experts)
     _check(1 <= n.top_k, "net.top_k", "must be >= 1", n.top_k)
     _check(n.top_k <= n.n_experts, "net.top_k", f"must be <= net.n_experts ({n.n_experts})", n.top_k)
     _check(n.n_shared >= 1, "net.n_shared", "must be >= 1", n.n_shared)
@@ -512,6 +527,10 @@ def load(path: str) -> Config:
             data = json.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"config file {path!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path!r} is a directory (give a config.json file)") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path!r} cannot be read: {err}") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"config file {path!r} is not valid JSON: {err}") from None
     return Config.from_saved(data)
