@@ -147,13 +147,9 @@ def performance_profiles(results: Results, reps: int = 2000) -> plt.Figure | Non
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.6), squeeze=False, sharey=True)
     taus = np.linspace(0.0, 1.0, 21)
     for ax, ((protocol, arch), group) in zip(axes[0], panels):
-        keep = set(group["run"])
-        sub = Results(runs=results.runs[results.runs["run"].isin(keep)],
-                      long=results.long[results.long["run"].isin(keep)], constant_config={}, root=results.root)
         matrices = {}
         for method, members in group.groupby("method"):
-            m = score_matrices(Results(runs=sub.runs[sub.runs["run"].isin(set(members["run"]))], long=sub.long,
-                                       constant_config={}, root=sub.root), "final_success", by=[])
+            m = score_matrices(results.subset(members["run"]), "final_success", by=[])
             if m:
                 matrices[method] = next(iter(m.values()))
         if not matrices:

@@ -104,8 +104,7 @@ def compare_groups(results: Results, *, by: str = "reg.name", metric: str = "ave
         if group[by].nunique() >= 2:
             raw = stats.compare_cells(group, by=by, value=metric, baseline=baseline, reps=reps, seed=seed)
             comparison = stats.format_comparison(raw)
-        sub = Results(runs=results.runs[results.runs["run"].isin(runs)],
-                      long=results.long[results.long["run"].isin(runs)], constant_config={}, root=results.root)
+        sub = results.subset(runs)
         matrices = score_matrices(sub, "final_success", by=[by])
         if matrices and len({m.shape[1] for m in matrices.values()}) == 1:
             per_task = stats.format_summary(stats.summarize(matrices, reps=reps, seed=seed))

@@ -88,12 +88,16 @@ class Results:
     def cell_columns(self) -> list[str]:
         return [c for c in self.varying if c != "seed"]
 
+    def subset(self, runs: Iterable[str]) -> "Results":
+        """The same results restricted to the named runs (values of the ``run`` column)."""
+        keep = set(runs)
+        return Results(runs=self.runs[self.runs["run"].isin(keep)].reset_index(drop=True),
+                       long=self.long[self.long["run"].isin(keep)].reset_index(drop=True),
+                       constant_config=self.constant_config, root=self.root)
+
     def complete(self) -> "Results":
         """The same results restricted to complete runs (summary.json written)."""
-        done = set(self.runs.loc[self.runs["complete"], "run"])
-        return Results(runs=self.runs[self.runs["run"].isin(done)].reset_index(drop=True),
-                       long=self.long[self.long["run"].isin(done)].reset_index(drop=True),
-                       constant_config=self.constant_config, root=self.root)
+        return self.subset(self.runs.loc[self.runs["complete"], "run"])
 
     def select(self, source: str, metric: str | Iterable[str]) -> pd.DataFrame:
         metrics = [metric] if isinstance(metric, str) else list(metric)

@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,19 @@ class FileLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "FileLock":
+    def acquire(self, wait_s: float = 0.0) -> "FileLock":
+        """Take the lock; while someone else holds it, retry for up to ``wait_s`` seconds, then raise
+        :class:`LockHeldError`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._try_acquire()
+            except LockHeldError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _try_acquire(self) -> "FileLock":
         if self._fd is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from sphere_rl.runs.atomic import atomic_write_json
-from sphere_rl.runs.lock import FileLock, LockHeldError
+from sphere_rl.runs.lock import FileLock
 from sphere_rl.sweeps.spec import Job, SweepSpec
 
 __all__ = ["SweepDir", "INDEX_FILE", "NotASweepError"]
@@ -74,15 +73,7 @@ class SweepDir:
         """Add ``spec`` and its jobs to the index (created if missing); returns the index."""
         self.root.mkdir(parents=True, exist_ok=True)
         guard = FileLock(self.root / "locks" / "index.lock", purpose="sweep index update")
-        deadline = time.monotonic() + 30.0
-        while True:  # the index lock is held for milliseconds; wait for it rather than fail
-            try:
-                guard.acquire()
-                break
-            except LockHeldError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        guard.acquire(wait_s=30.0)  # the index lock is held for milliseconds; wait for it rather than fail
         try:
             path = self.root / INDEX_FILE
             index = read_json(path) if path.is_file() else {"version": INDEX_VERSION, "specs": [], "jobs": []}

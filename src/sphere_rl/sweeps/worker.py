@@ -43,15 +43,10 @@ def run_job(sweep_root: str, job: dict[str, Any], config: dict[str, Any],
     sweep = SweepDir(sweep_root)
     job_id = job["job_id"]
     lock = sweep.lock(job_id)
-    deadline = time.monotonic() + 2.0
-    while True:  # `sphere sweep --status` probes locks for microseconds: do not mistake it for a runner
-        try:
-            lock.acquire()
-            break
-        except LockHeldError as err:
-            if time.monotonic() > deadline:
-                return {"job_id": job_id, "state": "busy", "holder": err.holder}
-            time.sleep(0.1)
+    try:  # `sphere sweep --status` probes locks for microseconds: do not mistake it for a runner
+        lock.acquire(wait_s=2.0)
+    except LockHeldError as err:
+        return {"job_id": job_id, "state": "busy", "holder": err.holder}
     try:
         run_path = sweep.run_dir(job_id)
         if (run_path / "summary.json").is_file():
