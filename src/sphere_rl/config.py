@@ -191,6 +191,9 @@ class RunConfig:
     """Write a checkpoint every this many env steps (and at every task end)."""
     keep_checkpoints: int = 3
     """Checkpoints kept on disk (older ones are pruned)."""
+    max_nonfinite_updates: int = 100
+    """Update steps with a non-finite loss, gradient or result (NaN/Inf) are skipped and logged; after this
+    many in a run it stops as diverged, keeping its last finite checkpoint (0: stop at the first)."""
     out_dir: str = "runs"
     """Parent directory of run directories."""
     name: str = ""
@@ -484,6 +487,7 @@ def _validate(cfg: Config) -> None:
            f"must be >= one rollout (num_envs * n_steps = {cfg.batch_size})", run.steps_per_task)
     for fname in ("eval_every", "eval_episodes", "log_every", "checkpoint_every", "keep_checkpoints"):
         _check(getattr(run, fname) >= 1, f"run.{fname}", "must be >= 1", getattr(run, fname))
+    _check(run.max_nonfinite_updates >= 0, "run.max_nonfinite_updates", "must be >= 0", run.max_nonfinite_updates)
     if run.reference_run:
         summary = os.path.join(run.reference_run, "summary.json")
         _check(os.path.isfile(summary), "run.reference_run", "must be a finished run directory (with summary.json)",
