@@ -134,3 +134,33 @@ def test_bad_config_and_resume_inputs_exit_2(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["train", "--resume", str(broken), "--name", "x"]) == 2
     assert "--name" in capsys.readouterr().err
+
+
+def test_overrides_may_come_between_and_after_options(tmp_path, capsys):
+    """Dotted overrides split around an option are all applied (argparse's `nargs="*"` alone stops at the option)."""
+    assert main(["config", "demo", "seed=3", "--config", str(tmp_path / "c.json"), "run.steps_per_task=2048"]) == 2
+    assert "not both" in capsys.readouterr().err  # --config was still recognised among the overrides
+    assert main(["config", "demo", "seed=3", "run.steps_per_task=2048"]) == 0
+    (tmp_path / "c.json").write_text(capsys.readouterr().out)
+    assert main(["config", "ppo.n_epochs=2", "--config", str(tmp_path / "c.json"), "run.tasks=arm/reach"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert (cfg["seed"], cfg["run"]["steps_per_task"], cfg["ppo"]["n_epochs"], cfg["run"]["tasks"]) == (
+        3, 2048, 2, "arm/reach")
+    # an override after --out-dir reaches the config: this one is invalid, so the run is refused before it starts
+    out_dir = tmp_path / "out"
+    assert main(["train", "--preset", "demo-quick", "run.tasks=arm/reach", "--out-dir", str(out_dir),
+                 "run.steps_per_task=1"]) == 2
+    assert "run.steps_per_task" in capsys.readouterr().err and not out_dir.exists()
+    assert main(["sweep", "--preset", "demo-quick", "seed=1", "--seeds", "0-1", "run.steps_per_task=4096",
+                 "--dry-run", "--out-dir", str(out_dir)]) == 0
+    assert "2 jobs" in capsys.readouterr().out
+
+
+def test_train_honours_an_override_after_out_dir(tmp_path, capsys):
+    *first, last = TINY
+    assert main(["train", "--preset", "demo-quick", *first, "--out-dir", str(tmp_path), last, "--name", "split",
+                 "run.tasks=arm/reach", "run.tensorboard=false"]) == 0
+    capsys.readouterr()
+    config = json.loads((tmp_path / "split" / "config.json").read_text())
+    assert config["run"]["tasks"] == "arm/reach" and config["run"]["tensorboard"] is False
+    assert config["run"]["out_dir"] == str(tmp_path) and config["run"]["steps_per_task"] == 128

@@ -282,9 +282,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: its positionals (dotted overrides, a preset, a spec) may come before, between
+    and after its options, e.g. `sphere train --preset demo a=1 --out-dir X b=2` (plain argparse stops the
+    overrides at the first option and rejects `b=2`). The top-level parser cannot parse intermixed (its
+    subcommand is a positional of nargs PARSER), so each subcommand's parser does."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing:  # the two passes of parse_known_intermixed_args call back in here
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     p = sub.add_parser("train", help="train a preset (RL or CRL) or resume a run", description=(
         "Train from a named preset plus dotted overrides, e.g. `sphere train --preset demo net.actor=mlp ppo.lr=1e-3`, "
