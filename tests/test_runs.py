@@ -35,7 +35,9 @@ from sphere_rl.runs import (
     read_metrics,
     save_checkpoint,
 )
-from sphere_rl.runs.checkpoint import HEADER_SIZE
+from flax import serialization
+
+from sphere_rl.runs.checkpoint import HEADER_SIZE, CheckpointError, NonFiniteCheckpointError
 
 
 def make_state(seed: int) -> dict:
@@ -44,7 +46,7 @@ def make_state(seed: int) -> dict:
         "params": {
             "dense": {
                 "kernel": jnp.asarray(rng.normal(size=(3, 4)), dtype=jnp.float32),
-                "bias": jnp.asarray([np.nan, -0.0, np.inf, 1e-38], dtype=jnp.float32),
+                "bias": jnp.asarray([3.4e38, -0.0, -1.5, 1e-38], dtype=jnp.float32),
             },
             "counts": np.arange(seed, seed + 5, dtype=np.int32),
         },
@@ -181,6 +183,79 @@ def test_all_corrupt_raises(tmp_path: Path) -> None:
     assert len(list(tmp_path.glob("*.corrupt"))) == 3
     with pytest.raises(NoValidCheckpointError, match="tried none"):
         CheckpointManager(tmp_path / "empty").restore_latest(make_state(0))
+
+
+def test_checkpoint_file_round_trips_nan_and_inf_bit_exactly(tmp_path: Path) -> None:
+    """The file format stores any bits; only the manager refuses non-finite states."""
+    state = make_state(1)
+    state["params"]["dense"]["bias"] = jnp.asarray([np.nan, -0.0, np.inf, -np.inf], dtype=jnp.float32)
+    save_checkpoint(tmp_path / "x.ckpt", state, {"a": 1})
+    restored, meta = load_checkpoint(tmp_path / "x.ckpt", make_state(0))
+    assert meta == {"a": 1}
+    assert_bit_identical(restored, state)
+
+
+def test_manager_refuses_nonfinite_state_and_prunes_nothing(tmp_path: Path) -> None:
+    mgr = _three_checkpoints(tmp_path)
+    bad = make_state(40)
+    bad["params"]["dense"]["kernel"] = bad["params"]["dense"]["kernel"].at[1, 2].set(jnp.nan)
+    with pytest.raises(NonFiniteCheckpointError, match=r"step 40: non-finite values in \['params'\]\['dense'\]\['kernel'\]"):
+        mgr.save(40, bad, {"step": 40})
+    assert mgr.all_steps() == [10, 20, 30]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_nonfinite_checkpoint_from_an_older_version_is_skipped(tmp_path: Path) -> None:
+    """Older versions wrote NaN checkpoints (they verify): restore falls back to the newest finite one."""
+    mgr = _three_checkpoints(tmp_path)
+    bad = make_state(30)
+    bad["params"]["dense"]["bias"] = jnp.full((4,), jnp.inf, jnp.float32)
+    save_checkpoint(mgr.path_for(30), bad, {"step": 30})
+    with pytest.warns(CorruptCheckpointWarning, match=r"non-finite values in \['params'\]\['dense'\]\['bias'\]"):
+        state, meta, step = mgr.restore_latest(make_state(0))
+    assert step == 20 and meta == {"step": 20}
+    assert_bit_identical(state, make_state(20))
+    assert mgr.all_steps() == [10, 20]  # renamed away: later pruning cannot prefer it over finite ones
+
+
+def _set_version(path: Path, version: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[8:12] = version.to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_changed_version_field_is_corruption_and_falls_back(tmp_path: Path) -> None:
+    """The digest covers the header: a damaged version field is caught like any other flipped byte."""
+    mgr = _three_checkpoints(tmp_path)
+    for version in (1, 7):
+        _set_version(mgr.path_for(30), version)
+        with pytest.raises(CorruptCheckpointError):
+            read_checkpoint_meta(mgr.path_for(30))
+    with pytest.warns(CorruptCheckpointWarning, match="unknown format version 7"):
+        state, _, step = mgr.restore_latest(make_state(0))
+    assert step == 20
+    assert_bit_identical(state, make_state(20))
+
+
+def test_version_1_files_still_read_and_newer_versions_are_refused_not_renamed(tmp_path: Path) -> None:
+    import hashlib
+    import struct
+
+    meta_bytes, payload = b'{"step": 5}', serialization.to_bytes({"x": np.arange(3, dtype=np.float32)})
+    v1 = struct.pack("<8sIIQ32s", b"SPHRCKPT", 1, len(meta_bytes), len(payload),
+                     hashlib.sha256(meta_bytes + payload).digest()) + meta_bytes + payload
+    (tmp_path / "v1.ckpt").write_bytes(v1)
+    restored, meta = load_checkpoint(tmp_path / "v1.ckpt", {"x": np.zeros(3, np.float32)})
+    assert meta == {"step": 5} and restored["x"].tolist() == [0.0, 1.0, 2.0]
+
+    prefix = struct.pack("<8sIIQ", b"SPHRCKPT", 3, len(meta_bytes), len(payload))
+    newer = prefix + hashlib.sha256(prefix + meta_bytes + payload).digest() + meta_bytes + payload
+    mgr = CheckpointManager(tmp_path / "c")
+    mgr.save(1, {"x": np.zeros(3, np.float32)})
+    mgr.path_for(2).write_bytes(newer)
+    with pytest.raises(CheckpointError, match="written by a newer sphere-rl .*version 3"):
+        mgr.restore_latest({"x": np.zeros(3, np.float32)})
+    assert mgr.all_steps() == [1, 2]  # not renamed away
 
 
 def test_keep_prunes_old_checkpoints(tmp_path: Path) -> None:

@@ -10,6 +10,11 @@ jitted call. What `target_kl` does is `ppo.kl_mode`:
   1.5 * target_kl; that minibatch's step and all later ones are skipped.
 - `none`: every step is applied.
 Outside `adaptive_lr` the learning rate comes from the schedule (`PPO.learning_rate`).
+
+A minibatch step whose loss or gradients are not finite (NaN/Inf) is never applied, whatever the
+mode: parameters, Adam moments and the adaptive rate stay as they were, the step is counted in the
+phase's `nonfinite_updates` metric and left out of the other metrics' averages. The runner decides
+what a run does about it (`run.max_nonfinite_updates`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,13 @@ class Batch(NamedTuple):
 
 def _make_optimizer(learning_rate: float, max_grad_norm: float, eps: float) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate, eps=eps))
+
+
+def all_finite(tree: Any) -> jax.Array:
+    """() bool: every inexact (floating) leaf of `tree` is free of NaN and Inf; integer leaves are ignored."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
 def _global_norm(tree: Any) -> jax.Array:
@@ -339,19 +351,23 @@ class PPO:
         def run(state: AgentState):
             lr_used = opt_learning_rate(state.opt_state["actor"])
             grads, metrics = self._gradients(state.params, mb, state.reg_state)
+            finite = all_finite((metrics["loss"], grads))
             if p.kl_mode == "early_stop":
-                # A branch, not a select: a select would read and write every parameter and moment twice.
                 kl_ok = metrics["approx_kl"] <= 1.5 * p.target_kl
-                state = jax.lax.cond(kl_ok, self.apply_gradients, lambda s, g: s, state, grads)
             else:
                 kl_ok = jnp.asarray(True)
-                state = self.apply_gradients(state, grads)
+            apply = jnp.logical_and(kl_ok, finite)
+            # A branch, not a select: a select would read and write every parameter and moment twice.
+            state = jax.lax.cond(apply, self.apply_gradients, lambda s, g: s, state, grads)
             if p.kl_mode == "adaptive_lr":
                 kl_lr = adaptive_lr_update(state.kl_lr, metrics["approx_kl_official"], p.target_kl, p.kl_lr_factor,
                                            p.kl_lr_min, p.kl_lr_max)
+                kl_lr = jnp.where(finite, kl_lr, state.kl_lr)
                 state = state.replace(kl_lr=kl_lr, opt_state=with_learning_rate(state.opt_state, kl_lr))
-            metrics = {**metrics, "learning_rate": lr_used, "computed": jnp.ones(()), "applied": kl_ok.astype(jnp.float32)}
-            return state, jnp.logical_not(kl_ok), metrics
+            metrics = {**metrics, "learning_rate": lr_used, "computed": finite.astype(jnp.float32),
+                       "applied": apply.astype(jnp.float32), "nonfinite": jnp.logical_not(finite).astype(jnp.float32)}
+            # a non-finite step does not stop the phase: the next minibatch may be fine
+            return state, jnp.logical_and(finite, jnp.logical_not(kl_ok)), metrics
 
         if p.kl_mode != "early_stop":
             state, _, metrics = run(state)
@@ -386,11 +402,13 @@ class PPO:
 
         epoch_keys = jax.random.split(key, cfg.ppo.n_epochs)
         (state, stopped), metrics = jax.lax.scan(epoch, (state, jnp.asarray(False)), epoch_keys)
-        computed = metrics.pop("computed")
+        computed = metrics.pop("computed")  # 1 for every finite step that ran (applied or early-stopping)
         applied = metrics.pop("applied")
+        nonfinite = metrics.pop("nonfinite")
         denom = jnp.maximum(computed.sum(), 1.0)
-        summary = {k: jnp.sum(v * computed) / denom for k, v in metrics.items()}
+        summary = {k: jnp.sum(jnp.where(computed > 0, v, 0.0)) / denom for k, v in metrics.items()}
         summary["n_updates"] = applied.sum()
+        summary["nonfinite_updates"] = nonfinite.sum()
         summary["early_stopped"] = stopped.astype(jnp.float32)
         summary["learning_rate_end"] = opt_learning_rate(state.opt_state["actor"])
         summary["log_std"] = jnp.mean(state.params["actor"]["params"]["log_std"])

@@ -26,7 +26,9 @@ __all__ = [
     "CorruptCheckpointWarning",
     "NoValidCheckpointError",
     "CheckpointMismatchError",
+    "NonFiniteCheckpointError",
     "encode_checkpoint",
+    "nonfinite_leaves",
     "decode_checkpoint",
     "save_checkpoint",
     "load_checkpoint",
@@ -35,10 +37,14 @@ __all__ = [
 ]
 
 MAGIC = b"SPHRCKPT"
-FORMAT_VERSION = 1
-# magic, format version, meta length, payload length, SHA-256(meta bytes + payload); little-endian.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+# magic, format version, meta length, payload length, SHA-256; little-endian. The digest covers
+# version 2: the header's first 24 bytes (magic, version, lengths) + meta bytes + payload;
+# version 1 (read only): meta bytes + payload, so a changed version field went unnoticed.
 _HEADER = struct.Struct("<8sIIQ32s")
 HEADER_SIZE = _HEADER.size  # 56 bytes
+_DIGESTED = HEADER_SIZE - 32
 _CKPT_RE = re.compile(r"^ckpt_(\d{12})\.ckpt$")
 
 
@@ -61,12 +67,17 @@ class NoValidCheckpointError(CheckpointError):
     def __init__(self, directory: str | os.PathLike[str], tried: list[tuple[Path, str]]) -> None:
         if tried:
             detail = "; ".join(f"{p.name}: {r}" for p, r in tried)
-            msg = f"no valid checkpoint in {os.fspath(directory)} (tried {len(tried)}: {detail})"
+            msg = (f"no valid checkpoint in {os.fspath(directory)}: all {len(tried)} failed verification "
+                   f"and were renamed *.corrupt ({detail})")
         else:
             msg = f"no checkpoint in {os.fspath(directory)} (tried none)"
         super().__init__(msg)
         self.directory = Path(directory)
         self.tried = tried
+
+
+class NonFiniteCheckpointError(CheckpointError, ValueError):
+    """Refused to write a checkpoint whose floating-point arrays hold NaN or Inf."""
 
 
 class CheckpointMismatchError(CheckpointError, ValueError):
@@ -94,9 +105,21 @@ def encode_checkpoint(state: Any, meta: dict[str, Any] | None = None) -> bytes:
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     meta_bytes = to_json_text(meta, indent=None).encode("utf-8")
     payload = serialization.to_bytes(jax.tree.map(_encode_leaf, state))
-    digest = hashlib.sha256(meta_bytes + payload).digest()
-    header = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), len(payload), digest)
-    return header + meta_bytes + payload
+    prefix = _HEADER.pack(MAGIC, FORMAT_VERSION, len(meta_bytes), len(payload), b"\0" * 32)[:_DIGESTED]
+    digest = hashlib.sha256(prefix + meta_bytes + payload).digest()
+    return prefix + digest + meta_bytes + payload
+
+
+def nonfinite_leaves(state: Any) -> list[str]:
+    """Paths of the floating-point leaves of ``state`` that hold a NaN or an infinity."""
+    bad = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+        if _is_key_array(leaf):
+            continue
+        arr = np.asarray(leaf)
+        if np.issubdtype(arr.dtype, np.inexact) and not np.all(np.isfinite(arr)):
+            bad.append(jax.tree_util.keystr(path) or "<root>")
+    return bad
 
 
 def decode_checkpoint(data: bytes, source: str | os.PathLike[str] = "<bytes>") -> tuple[dict[str, Any], bytes]:
@@ -106,17 +129,23 @@ def decode_checkpoint(data: bytes, source: str | os.PathLike[str] = "<bytes>") -
     magic, version, meta_len, payload_len, digest = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpointError(source, f"bad magic {magic!r} (expected {MAGIC!r})")
-    if version != FORMAT_VERSION:
-        # Not treated as corruption: a newer writer's files must not be renamed away by an older reader.
-        raise CheckpointError(f"{os.fspath(source)}: unsupported checkpoint format version {version} (supported: {FORMAT_VERSION})")
     expected = HEADER_SIZE + meta_len + payload_len
+    body = data[HEADER_SIZE:]
+    if version not in READABLE_VERSIONS:
+        # A newer writer's file verifies as version 2 does (its digest covers the version): refuse it without
+        # renaming it away. Anything else with an unknown version is a damaged header.
+        if len(data) == expected and hashlib.sha256(data[:_DIGESTED] + body).digest() == digest:
+            raise CheckpointError(f"{os.fspath(source)}: written by a newer sphere-rl (checkpoint format version "
+                                  f"{version}; this one reads {', '.join(map(str, READABLE_VERSIONS))})")
+        raise CorruptCheckpointError(source, f"damaged header: unknown format version {version}")
     if len(data) < expected:
         raise CorruptCheckpointError(source, f"truncated: expected {expected} bytes, found {len(data)}")
     if len(data) > expected:
         raise CorruptCheckpointError(source, f"trailing data: expected {expected} bytes, found {len(data)}")
-    body = data[HEADER_SIZE:]
-    if hashlib.sha256(body).digest() != digest:
-        raise CorruptCheckpointError(source, "checksum mismatch (SHA-256 of meta + payload)")
+    covered = body if version == 1 else data[:_DIGESTED] + body
+    if hashlib.sha256(covered).digest() != digest:
+        what = "meta + payload" if version == 1 else "header + meta + payload"
+        raise CorruptCheckpointError(source, f"checksum mismatch (SHA-256 of {what})")
     try:
         meta = json.loads(body[:meta_len].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -222,7 +251,15 @@ class CheckpointManager:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> Path:
-        """Atomically write the checkpoint for ``step``, then prune all but the newest ``keep``."""
+        """Atomically write the checkpoint for ``step``, then prune all but the newest ``keep``.
+
+        A state with NaN or Inf in a floating-point array is refused (:class:`NonFiniteCheckpointError`):
+        nothing is written and nothing pruned, so the newest checkpoint on disk stays a finite one."""
+        bad = nonfinite_leaves(state)
+        if bad:
+            raise NonFiniteCheckpointError(
+                f"refusing to write checkpoint step {int(step)}: non-finite values in {', '.join(bad[:5])}"
+                + (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
         path = save_checkpoint(self.path_for(step), state, meta)
         if self.keep is not None:
             for old in self.all_steps()[: -self.keep]:
@@ -249,8 +286,8 @@ class CheckpointManager:
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any], int]:
         """Restore the newest checkpoint that verifies, returning ``(state, meta, step)``.
 
-        Corrupt files are reported with :class:`CorruptCheckpointWarning`, renamed to
-        ``*.corrupt`` and skipped. Raises :class:`NoValidCheckpointError` if nothing verifies.
+        Corrupt files (and files holding NaN/Inf, which older versions could write) are reported with
+        :class:`CorruptCheckpointWarning`, renamed to ``*.corrupt`` and skipped. Raises :class:`NoValidCheckpointError` if nothing verifies.
         Structure/dtype mismatches with ``target`` raise :class:`CheckpointMismatchError` immediately.
         """
         tried: list[tuple[Path, str]] = []
@@ -262,6 +299,10 @@ class CheckpointManager:
                 continue
             try:
                 meta, payload = decode_checkpoint(data, source=path)
+                restored = _restore_payload(payload, target, path)
+                bad = nonfinite_leaves(restored)
+                if bad:  # written by an older sphere-rl, which did not refuse them
+                    raise CorruptCheckpointError(path, f"non-finite values in {', '.join(bad[:3])}")
             except CorruptCheckpointError as exc:
                 dest = self._quarantine(path)
                 tried.append((path, exc.reason))
@@ -271,5 +312,5 @@ class CheckpointManager:
                     stacklevel=2,
                 )
                 continue
-            return _restore_payload(payload, target, path), meta, step
+            return restored, meta, step
         raise NoValidCheckpointError(self.directory, tried)
