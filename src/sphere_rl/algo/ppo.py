@@ -405,7 +405,8 @@ class PPO:
         computed = metrics.pop("computed")  # 1 for every finite step that ran (applied or early-stopping)
         applied = metrics.pop("applied")
         nonfinite = metrics.pop("nonfinite")
-        denom = jnp.maximum(computed.sum(), 1.0)
+        # averages over the finite steps; NaN when there was none (every step non-finite)
+        denom = jnp.where(computed.sum() > 0, computed.sum(), jnp.nan)
         summary = {k: jnp.sum(jnp.where(computed > 0, v, 0.0)) / denom for k, v in metrics.items()}
         summary["n_updates"] = applied.sum()
         summary["nonfinite_updates"] = nonfinite.sum()

@@ -10,6 +10,7 @@ streams, so task 0 of an RL run and of a CRL run with the same seed are identica
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 from sphere_rl import envs
 from sphere_rl.algo.gym_loop import GymLoop
 from sphere_rl.algo.jax_loop import JaxLoop
-from sphere_rl.algo.ppo import PPO
+from sphere_rl.algo.ppo import PPO, all_finite
 from sphere_rl.config import Config
 from sphere_rl.protocols.continual_metrics import ContinualMetrics, continual_metrics, reference_curves
 from sphere_rl.protocols.diagnostics import RunDiagnostics
@@ -75,6 +76,10 @@ class RunResult:
         return data
 
 
+class RunDivergedError(RuntimeError):
+    """More non-finite update steps than `run.max_nonfinite_updates`: the run stopped; its checkpoints are finite."""
+
+
 def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
@@ -99,6 +104,7 @@ class Runner:
         self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
         self.base_key = jax.random.PRNGKey(cfg.seed)
         self.diagnostics = RunDiagnostics(self.cfg, self.ppo, run_dir, jax.random.fold_in(self.base_key, _PROBE))
+        self._all_finite = jax.jit(all_finite)
 
     # ------------------------------------------------------------------ envs and loops
     def _space_of(self, task: str) -> tuple[int, int]:
@@ -218,7 +224,7 @@ class Runner:
         iterations = cfg.iterations_per_task
         total_steps = iterations * batch * len(self.tasks)
         state: dict[str, Any] = {
-            "task_index": 0, "iteration": 0, "env_step": 0, "window": {}, "wall_time": 0.0,
+            "task_index": 0, "iteration": 0, "env_step": 0, "window": {}, "wall_time": 0.0, "nonfinite_updates": 0,
             "final": [], "matrix": [], "proxy": [], "ntk_rank": [], "ntk_top": [], "task_end_diag": [], "curves": [],
         }
         agent = carry = None
@@ -256,8 +262,10 @@ class Runner:
                     lr = jnp.asarray(self.ppo.iteration_learning_rate(it), jnp.float32)
                     if len(self.timing) < 3:  # start-up, as sweeps and `sphere bench` measure it
                         self.timing.setdefault("training_started_at", time.time())
+                    previous = agent
                     agent, carry, metrics = loop.iteration(agent, carry, params, lr)
                     metrics = jax.device_get(metrics)
+                    agent = self._guard_nonfinite(previous, agent, metrics, state, t, bar)
                     if len(self.timing) < 3:
                         self.timing.setdefault("first_iteration_at" if len(self.timing) == 1 else "second_iteration_at",
                                                time.time())
@@ -318,6 +326,31 @@ class Runner:
         if self.run_dir is not None:
             self.run_dir.mark_complete(result.to_dict())
         return result
+
+    def _guard_nonfinite(self, previous: Any, agent: Any, metrics: dict[str, Any], state: dict[str, Any], t: int,
+                         bar: Any) -> Any:
+        """Count the iteration's skipped non-finite update steps; an agent that is not finite after the
+        iteration (e.g. from non-finite observations) is replaced by the one before it, and counts as one
+        more. Past `run.max_nonfinite_updates` in the run: :class:`RunDivergedError`."""
+        bad = int(metrics.get("nonfinite_updates", 0))
+        if not bool(self._all_finite(agent)):
+            agent, bad = previous, bad + 1
+            metrics["nonfinite_updates"] = float(bad)
+        if not bad:
+            return agent
+        state["nonfinite_updates"] = state.get("nonfinite_updates", 0) + bad
+        limit = self.cfg.run.max_nonfinite_updates
+        where = f"env step {state['env_step'] + self.cfg.batch_size}, task {t} ({self.tasks[t]})"
+        bar.write(f"warning: {bad} non-finite update step(s) skipped at {where}; "
+                  f"{state['nonfinite_updates']} in this run (run.max_nonfinite_updates={limit})", file=sys.stderr)
+        if state["nonfinite_updates"] > limit:
+            last = self.run_dir.checkpoints.latest_step() if self.run_dir is not None else None
+            kept = f"; its last checkpoint (env step {last}) is finite" if last is not None else ""
+            raise RunDivergedError(
+                f"run diverged: {state['nonfinite_updates']} update steps had a non-finite loss, gradient or result "
+                f"(limit run.max_nonfinite_updates={limit}), the last at {where}{kept}; "
+                "lower ppo.lr or ppo.max_grad_norm, or check the env's observations and rewards")
+        return agent
 
     def continual_metrics(self, result: RunResult) -> ContinualMetrics:
         """Continual World metrics of a finished CRL run (forward transfer needs `run.reference_run`)."""
@@ -399,8 +432,9 @@ def _train_row(state: dict[str, Any], task: str, t: int, batch: int, window_seco
         "success": w.get("episode_success_sum", 0.0) / episodes if episodes else float("nan"),
     }
     for k, v in w.items():
-        if k not in EPISODE_KEYS and k != "iterations":
+        if k not in EPISODE_KEYS and k not in ("iterations", "nonfinite_updates"):
             row[k] = v / n_iter
+    row["nonfinite_updates"] = w.get("nonfinite_updates", 0.0)  # a count over the window, not a mean
     # Timing columns are the only ones that differ between identical runs.
     row["steps_per_s"] = 0.0 if window_seconds <= 0 else n_iter * batch / window_seconds
     row["wall_time_s"] = total_seconds

@@ -1,0 +1,133 @@
+"""Reliability: divergence guards, integrity of everything resume reads, and exact resume after faults."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sphere_rl.algo.ppo import PPO, Batch, all_finite
+from sphere_rl.config import Config
+from sphere_rl.protocols.runner import Runner, RunDivergedError
+from sphere_rl.runs import RunDir
+from sphere_rl.runs.checkpoint import nonfinite_leaves
+from sphere_rl.runs.logger import read_metrics
+
+SMALL = [
+    "net.actor=topk_moe", "net.n_experts=3", "net.top_k=2", "net.hidden_sizes=16,16", "net.gate_hidden_sizes=16",
+    "net.critic_hidden_sizes=16,16", "ppo.num_envs=16", "ppo.n_steps=8", "ppo.minibatch_size=32", "ppo.n_epochs=2",
+    "run.tasks=arm2", "run.steps_per_task=768", "run.eval_every=256", "run.log_every=128",
+    "run.checkpoint_every=256", "run.eval_episodes=4", "run.progress=false", "run.tensorboard=false",
+    "reg.name=sphere",
+]
+
+
+def small_config(*extra: str) -> Config:
+    return Config().override([*SMALL, *extra]).validate()
+
+
+def _batch(rng: np.random.Generator, n: int = 128, obs_dim: int = 5, action_dim: int = 2) -> Batch:
+    return Batch(*(jnp.asarray(rng.normal(size=s), jnp.float32)
+                   for s in [(n, obs_dim), (n, action_dim), (n,), (n,), (n,)]))
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(np.asarray(x).tobytes() == np.asarray(y).tobytes()
+               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+# ---------------------------------------------------------------- divergence: the update phase
+
+
+@pytest.mark.parametrize("kl_mode", ["adaptive_lr", "early_stop", "none"])
+def test_all_nonfinite_minibatches_leave_the_agent_untouched(kl_mode):
+    cfg = small_config(f"ppo.kl_mode={kl_mode}", "ppo.target_kl=0.01")
+    ppo = PPO(cfg, obs_dim=5, action_dim=2)
+    state = ppo.init(jax.random.PRNGKey(0))
+    batch = _batch(np.random.default_rng(0))._replace(obs=jnp.full((128, 5), jnp.nan, jnp.float32))
+    new, metrics = ppo.update_phase(state, batch, jax.random.PRNGKey(1), jnp.float32(3e-4))
+    n_steps = cfg.ppo.n_epochs * cfg.n_minibatches
+    assert float(metrics["nonfinite_updates"]) == n_steps and float(metrics["n_updates"]) == 0
+    assert np.isnan(float(metrics["loss"]))  # nothing finite to average: NaN, not a made-up 0
+    assert float(metrics["early_stopped"]) == 0.0  # a non-finite step does not stop the phase
+    # parameters, Adam moments and step counts, and the adaptive rate are bit-identical
+    assert _leaves_equal(new.params, state.params)
+    assert _leaves_equal(new.kl_lr, state.kl_lr)
+    assert _leaves_equal(jax.tree.leaves(new.opt_state["actor"])[1:], jax.tree.leaves(state.opt_state["actor"])[1:])
+
+
+def test_some_nonfinite_rows_skip_exactly_their_minibatches():
+    """A NaN in one row poisons its minibatch's loss: that step is skipped, every other one applied."""
+    cfg = small_config("ppo.kl_mode=none")
+    ppo = PPO(cfg, obs_dim=5, action_dim=2)
+    state = ppo.init(jax.random.PRNGKey(0))
+    batch = _batch(np.random.default_rng(1))
+    bad_rows = [3, 77]
+    batch = batch._replace(advantages=batch.advantages.at[jnp.asarray(bad_rows)].set(jnp.inf))
+    key = jax.random.PRNGKey(2)
+    new, metrics = ppo.update_phase(state, batch, key, jnp.float32(3e-4))
+    # the same shuffles the phase draws (one permutation per epoch): count minibatches holding a bad row
+    expected = 0
+    for epoch_key in jax.random.split(key, cfg.ppo.n_epochs):
+        perm = np.asarray(jax.random.permutation(epoch_key, cfg.batch_size)).reshape(cfg.n_minibatches, -1)
+        expected += sum(bool(np.isin(bad_rows, mb).any()) for mb in perm)
+    assert 1 <= expected < cfg.ppo.n_epochs * cfg.n_minibatches
+    assert float(metrics["nonfinite_updates"]) == expected
+    assert float(metrics["n_updates"]) == cfg.ppo.n_epochs * cfg.n_minibatches - expected
+    assert bool(all_finite(new.params)) and np.isfinite(float(metrics["loss"]))
+    assert not _leaves_equal(new.params, state.params)
+
+
+def test_all_finite_ignores_integer_leaves_and_finds_inf():
+    tree = {"a": jnp.ones(3), "n": jnp.arange(3), "k": jax.random.PRNGKey(0)}
+    assert bool(all_finite(tree))
+    assert not bool(all_finite({**tree, "b": jnp.asarray([1.0, -jnp.inf])}))
+    assert nonfinite_leaves({**tree, "b": np.asarray([np.nan])}) == ["['b']"]
+
+
+# ---------------------------------------------------------------- divergence: the run
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_finite_checkpoints(tmp_path, capsys):
+    """A huge learning rate with no KL control: the first update ruins the policy, every later step is
+    non-finite; the run stops at the limit, and every checkpoint it wrote holds finite numbers."""
+    cfg = small_config("ppo.lr=1e4", "ppo.kl_mode=none", "run.max_nonfinite_updates=20", "diag.enabled=false")
+    run_dir = RunDir.create(tmp_path, name="div", config=cfg.to_dict(), seed=cfg.seed)
+    with pytest.raises(RunDivergedError, match=r"run diverged: 23 update steps .* run.max_nonfinite_updates=20\), "
+                                               r"the last at env step 384, .*last checkpoint \(env step 256\) is finite"):
+        Runner(cfg, run_dir).run()
+    assert "8 non-finite update step(s) skipped at env step 256" in capsys.readouterr().err
+    assert not run_dir.is_complete
+    steps = run_dir.checkpoints.all_steps()
+    assert steps == [256]
+    runner = Runner(cfg, RunDir.open(run_dir.root))
+    tree, meta, _ = runner.load_checkpoint()
+    assert nonfinite_leaves(tree) == [] and meta["nonfinite_updates"] == 15
+    rows = read_metrics(run_dir.path("metrics.csv"))
+    assert [r["nonfinite_updates"] for r in rows] == [7.0, 8.0]
+    assert np.isnan(rows[1]["loss"]) and rows[1]["n_updates"] == 0.0
+    # resuming repeats the same steps and stops at the same place
+    with pytest.raises(RunDivergedError, match="the last at env step 384"):
+        runner.run(resume=True)
+
+
+def test_a_nonfinite_agent_after_an_iteration_is_replaced_by_the_one_before(tmp_path):
+    """What the update phase cannot see (e.g. a NaN observation reaching the normaliser) is caught after
+    the iteration: the previous agent is kept and the event counts."""
+    cfg = small_config("run.max_nonfinite_updates=1", "diag.enabled=false", "run.protocol=rl", "run.tasks=arm/reach")
+    runner = Runner(cfg, None)
+    loop, _ = runner.loop_for(runner.tasks[0])
+    real, calls, seen = loop.iteration, {"n": 0}, []
+
+    def iteration(agent, carry, params, lr):
+        calls["n"] += 1
+        seen.append(agent)
+        agent, carry, metrics = real(agent, carry, params, lr)
+        if calls["n"] in (2, 4):
+            agent = agent.replace(obs_rms=agent.obs_rms.replace(mean=agent.obs_rms.mean.at[0].set(jnp.nan)))
+        return agent, carry, metrics
+
+    loop.iteration = iteration
+    with pytest.raises(RunDivergedError, match=r"run diverged: 2 update steps .*limit run.max_nonfinite_updates=1"):
+        runner.run()
+    assert calls["n"] == 4
+    assert seen[2] is seen[1]  # iteration 3 started from the agent iteration 2 started from
