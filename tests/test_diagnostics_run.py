@@ -79,7 +79,7 @@ def test_logged_ntk_rank_matches_an_independent_brute_force(diag_run):
     """The final row's r_e(K) equals a float64 full-Jacobian eNTK of the final checkpoint on the stored probe."""
     cfg, run_dir, _ = diag_run
     runner = Runner(cfg, run_dir, progress=False)
-    tree, _, _ = run_dir.checkpoints.restore_latest(runner.checkpoint_target())
+    tree, _, _ = run_dir.checkpoints.restore_latest(runner.checkpoint_target)
     agent = tree["agent"]
     probe = ProbeSet.load(run_dir.path("probes", "task_01.npz"))
     obs = runner.ppo.normalize_obs(agent, jnp.asarray(probe.states))

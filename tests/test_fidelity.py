@@ -329,7 +329,7 @@ def test_regulariser_state_is_set_at_every_task_start_and_reaches_the_penalty(an
     # a whole CRL run: two task starts, and the state is checkpointed with the agent
     run_dir = RunDir.create(tmp_path, name="anchor", config=cfg.to_dict(), seed=0)
     Runner(cfg, run_dir).run()
-    tree, _, _ = run_dir.checkpoints.restore_latest(Runner(cfg, run_dir).checkpoint_target())
+    tree, _, _ = run_dir.checkpoints.restore_latest(Runner(cfg, run_dir).checkpoint_target)
     assert float(tree["agent"].reg_state["actor"]["count"]) == 2.0  # task 0 and task 1 starts (fresh agent: 1)
 
 

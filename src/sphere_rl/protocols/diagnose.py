@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from sphere_rl.config import Config
+from sphere_rl import envs
 from sphere_rl.diagnostics.probe import ProbeSet, subsample
+from sphere_rl.protocols.evaluate import require_checkpoint, saved_config
 from sphere_rl.protocols.runner import Runner
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_json
 
 
 def _load_probe_file(path: str) -> ProbeSet:
-    if path.endswith(".npy"):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"probe file {path!r} does not exist")
-        return ProbeSet.from_array(np.load(path, allow_pickle=False), task=Path(path).stem)
-    return ProbeSet.load(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"probe file {path!r} does not exist")
+    try:
+        if path.endswith(".npy"):
+            return ProbeSet.from_array(np.load(path, allow_pickle=False), task=Path(path).stem)
+        return ProbeSet.load(path)
+    except (OSError, EOFError, TypeError, ValueError, zipfile.BadZipFile) as err:  # not an array of states
+        raise ValueError(f"--probe {path!r} holds no (N, obs_dim) probe states: {err}".splitlines()[0]) from None
 
 
 def diagnose_run(
@@ -50,8 +55,21 @@ def diagnose_run(
         overrides["diag.ntk_method"] = method
     if reduction:
         overrides["diag.ntk_reduction"] = reduction
-    cfg = Config.from_saved(run_dir.config).override(overrides).validate()
+    cfg = saved_config(run_dir).override(overrides).validate()
+    # bad arguments are refused here, before the agent is built and compiled
+    n_tasks = len(envs.resolve_sequence(cfg.run.tasks))
+    if task_index is not None and not 0 <= task_index < n_tasks:
+        raise ValueError(f"--task must be in [0, {n_tasks - 1}], got {task_index}")
+    if n_states is not None and n_states < 1:
+        raise ValueError(f"--n-states must be >= 1, got {n_states}")
+    if out is not None and Path(out).is_dir():
+        raise ValueError(f"--out {out!r} is a directory; give the report's .json file path")
+    probe_file = _load_probe_file(probe) if probe is not None else None
+    require_checkpoint(run_dir, step)
     runner = Runner(cfg, run_dir, progress=False)
+    if probe_file is not None and probe_file.states.shape[1] != runner.obs_dim:
+        raise ValueError(f"--probe {probe!r} has {probe_file.states.shape[1]} features per state, the run's "
+                         f"observations have {runner.obs_dim}")
     tree, meta, step = runner.load_checkpoint(step)
     agent = tree["agent"]
     t = min(int(meta["task_index"]), len(runner.tasks) - 1) if task_index is None else task_index
@@ -61,8 +79,8 @@ def diagnose_run(
     # The run's own probe and anchor are read, never written: `sphere diagnose` leaves the run as it was.
     tracker = runner.diagnostics
     stored_probe = tracker.path_for(t, ".npz")
-    if probe is not None:
-        probe_set, source = _load_probe_file(probe), probe
+    if probe_file is not None:
+        probe_set, source = probe_file, probe
     elif stored_probe.is_file():
         probe_set, source = ProbeSet.load(stored_probe), str(stored_probe)
     else:
@@ -71,8 +89,6 @@ def diagnose_run(
         source = "drawn now from the current policy"
     states = probe_set.states
     if n_states is not None:
-        if n_states < 1:
-            raise ValueError(f"--n-states must be >= 1, got {n_states}")
         states = subsample(states, n_states, jax.random.PRNGKey(0))
     if states.shape[1] != runner.obs_dim:
         raise ValueError(f"probe states have {states.shape[1]} features, the run's observations have {runner.obs_dim}")

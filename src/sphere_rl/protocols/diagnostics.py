@@ -4,11 +4,14 @@ Files in the run directory (docs/run_directory.md):
 - `probes/task_XX.npz`: the task's N raw probe states, drawn at the task's start from
   `diag.probe_steps` policy steps on freshly reset envs of the task (a random stream of its own).
 - `probes/task_XX_actor.msgpack`: the actor's parameters at the task's start (weight change).
-Both are written once and read back on resume, so resumed runs measure on the same states.
+Both are written at the task's start. Every checkpoint also holds the current task's probe states
+and anchor (covered by its checksum), so a resumed run measures on the same states even when
+these files are lost or damaged; resume rewrites them from the checkpoint.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,32 +52,63 @@ class RunDiagnostics:
         return ProbeSet(subsample(states, d.n_states, pick_key).astype(np.float32), task, task_index)
 
     def read_anchor(self, task_index: int, template: Any) -> Any | None:
-        """The stored actor parameters at the task's start (shaped like `template`), or None if not recorded."""
+        """The stored actor parameters at the task's start (shaped like `template`), or None if not recorded
+        or unreadable (with a warning)."""
         path = self.path_for(task_index, "_actor.msgpack")
         if path is None or not path.is_file():
             return None
-        return flax.serialization.from_bytes(template, path.read_bytes())
+        try:
+            anchor = flax.serialization.from_bytes(template, path.read_bytes())
+            if jax.tree.structure(anchor) != jax.tree.structure(template) or any(
+                    np.shape(a) != np.shape(b) for a, b in zip(jax.tree.leaves(anchor), jax.tree.leaves(template))):
+                raise ValueError("structure differs from the actor's")
+            return anchor
+        except Exception as exc:  # truncated or damaged msgpack: flax raises various types
+            warnings.warn(f"{path}: unreadable ({type(exc).__name__}: {exc}); not used", RuntimeWarning, stacklevel=2)
+            return None
+
+    def _read_probe(self, path: Path | None) -> ProbeSet | None:
+        if path is None or not path.is_file():
+            return None
+        try:
+            return ProbeSet.load(path)
+        except Exception as exc:  # truncated or bit-flipped .npz: zipfile's CRC check raises BadZipFile
+            warnings.warn(f"{path}: unreadable ({type(exc).__name__}: {exc}); not used", RuntimeWarning, stacklevel=2)
+            return None
+
+    def restore(self, task_index: int, task: str, states: np.ndarray, anchor: Any) -> None:
+        """Take the task's probe states and anchor from a checkpoint (they win over the files)."""
+        self.probes[task_index] = ProbeSet(np.asarray(states, np.float32), task, task_index)
+        self.anchors[task_index] = jax.device_get(anchor)
 
     def start_task(self, task_index: int, task: str, agent: Any, loop: Any, env_params: Any) -> ProbeSet:
-        """Load or draw the task's probe set, and load or record its anchor (call at every task entry).
+        """Settle the task's probe set and anchor (call at every task entry) and make the files match them.
 
-        On a fresh task `agent` is the agent at the task's start; on resume the stored anchor wins.
+        A copy restored from a checkpoint wins; otherwise the files are read; otherwise (new task, or a
+        file lost before the task's first checkpoint) the probe is drawn and the anchor taken from `agent`,
+        which is then the agent at the task's start, so the result is the same as the first time.
         """
         probe_path = self.path_for(task_index, ".npz")
-        if probe_path is not None and probe_path.is_file():
-            probe = ProbeSet.load(probe_path)
-        else:
+        anchor_path = self.path_for(task_index, "_actor.msgpack")
+        on_disk = self._read_probe(probe_path)
+        probe = self.probes.get(task_index)
+        if probe is None:
+            probe = on_disk
+        if probe is None:
             probe = self.draw_probe(task_index, task, agent, loop, env_params)
-            if probe_path is not None:
-                probe.save(probe_path)
         self.probes[task_index] = probe
-
-        anchor = self.read_anchor(task_index, agent.params["actor"])
+        anchor = self.anchors.get(task_index)
+        if anchor is None:
+            anchor = self.read_anchor(task_index, agent.params["actor"])
         if anchor is None:
             anchor = jax.device_get(agent.params["actor"])
-            if self.run_dir is not None:
-                atomic_write_bytes(self.path_for(task_index, "_actor.msgpack"), flax.serialization.to_bytes(anchor))
         self.anchors[task_index] = anchor
+        if self.run_dir is not None:
+            if on_disk is None or not np.array_equal(on_disk.states, probe.states):
+                probe.save(probe_path)
+            anchor_bytes = flax.serialization.to_bytes(anchor)
+            if not anchor_path.is_file() or anchor_path.read_bytes() != anchor_bytes:
+                atomic_write_bytes(anchor_path, anchor_bytes)
         return probe
 
     def measure(self, agent: Any, task_index: int, *, full: bool = True) -> Diagnosis:

@@ -4,9 +4,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from sphere_rl.config import Config
+from sphere_rl.config import Config, ConfigError
 from sphere_rl.protocols.runner import Runner
 from sphere_rl.runs import RunDir
+from sphere_rl.runs.checkpoint import CheckpointManager
+
+
+def saved_config(run_dir: RunDir) -> Config:
+    """The run's config; ConfigError when its config.json is not JSON or not a config."""
+    try:
+        data = run_dir.config
+    except ValueError as err:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(f"{run_dir.path('config.json')} is not valid JSON ({err})") from None
+    return Config.from_saved(data)
+
+
+def require_checkpoint(run_dir: RunDir, step: int | None) -> None:
+    """FileNotFoundError, before any agent is built, when the run has no checkpoint file (at env step `step`)."""
+    steps = CheckpointManager(run_dir.path("checkpoints")).all_steps()
+    if not steps:
+        raise FileNotFoundError(f"{run_dir.root} has no checkpoint (the run stopped before its first one)")
+    if step is not None and step not in steps:
+        raise FileNotFoundError(f"{run_dir.root} has no checkpoint at env step {step}; its checkpoints are at "
+                                f"env steps {', '.join(map(str, steps))}")
 
 
 def evaluate_run(path: str, step: int | None = None, episodes: int | None = None) -> dict[str, Any]:
@@ -15,9 +35,11 @@ def evaluate_run(path: str, step: int | None = None, episodes: int | None = None
     Writes `eval_<step>.json` into the run directory and returns the same report.
     """
     run_dir = RunDir.open(path)
-    cfg = Config.from_saved(run_dir.config)
+    cfg = saved_config(run_dir)
     if episodes is not None:
         cfg = cfg.override({"run.eval_episodes": episodes})
+    cfg.validate()
+    require_checkpoint(run_dir, step)
     runner = Runner(cfg, run_dir, progress=False)
     tree, meta, step = runner.load_checkpoint(step)
     agent = tree["agent"]

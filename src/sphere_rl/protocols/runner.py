@@ -28,7 +28,6 @@ from sphere_rl.protocols.continual_metrics import ContinualMetrics, continual_me
 from sphere_rl.protocols.diagnostics import RunDiagnostics
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_text
-from sphere_rl.runs.checkpoint import read_checkpoint_meta
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
 _INIT, _TASK, _EVAL, _PROBE = 0, 1, 2, 3
@@ -194,17 +193,32 @@ class Runner:
                                 "ntk_top": [metrics[f"ntk/eig_{i + 1}"] for i in range(self.cfg.diag.n_top)]}
 
     # ------------------------------------------------------------------ the run
-    def checkpoint_target(self) -> dict[str, Any]:
-        """A pytree with the structure of this run's newest checkpoint, to restore into."""
-        agent, carry = self._start_task(None, self._newest_task_index())
-        return {"agent": agent, "carry": carry}
+    def checkpoint_target(self, meta: dict[str, Any]) -> dict[str, Any]:
+        """A pytree with the structure of the checkpoint whose meta is `meta`, to restore into.
+
+        Since 0.5 a checkpoint also holds the probe states and the anchor (actor at the task's start) of
+        task `meta["probe_task"]`; older ones hold the agent and the rollout carry only."""
+        agent, carry = self._start_task(None, min(int(meta["task_index"]), len(self.tasks) - 1))
+        tree = {"agent": agent, "carry": carry}
+        if "probe_shape" in meta:
+            tree["probe"] = np.zeros(tuple(meta["probe_shape"]), np.float32)
+            tree["anchor"] = agent.params["actor"]
+        return tree
+
+    def _checkpoint(self, agent: Any, carry: Any, t: int, state: dict[str, Any], logger: Any) -> None:
+        """Write the checkpoint of the current env step: the agent, the rollout carry, task `t`'s probe states
+        and anchor, and in the meta the run's state and the CSV tables' state (made durable first)."""
+        probe = self.diagnostics.probes[t].states
+        tree = {"agent": agent, "carry": carry, "probe": probe, "anchor": self.diagnostics.anchors[t]}
+        meta = {**state, "probe_task": t, "probe_shape": list(probe.shape), "tables": logger.checkpoint_tables()}
+        self.run_dir.checkpoints.save(state["env_step"], tree, meta=meta)
 
     def load_checkpoint(self, step: int | None = None) -> tuple[dict[str, Any], dict[str, Any], int]:
         """(tree, meta, step) of checkpoint `step` of this run (the latest good one when None)."""
-        manager, target = self.run_dir.checkpoints, self.checkpoint_target()
+        manager = self.run_dir.checkpoints
         if step is None:
-            return manager.restore_latest(target)
-        tree, meta = manager.restore(step, target)
+            return manager.restore_latest(self.checkpoint_target)
+        tree, meta = manager.restore(step, self.checkpoint_target)
         return tree, meta, step
 
     def run(self, resume: bool = False) -> RunResult:
@@ -238,8 +252,11 @@ class Runner:
                 # killed before its first checkpoint: start again from step 0 in place
                 logger.truncate_after(step_col="env_step", step=-1)
             else:
-                state, agent, carry = self._restore()
-                logger.truncate_after(step_col="env_step", step=state["env_step"])
+                state, agent, carry, tables = self._restore()
+                if tables is None:  # a checkpoint of a version before 0.5
+                    logger.truncate_after(step_col="env_step", step=state["env_step"])
+                else:
+                    logger.restore_tables(tables, state["env_step"])
             self.run_dir.write_manifest(seed=cfg.seed)  # records this session under the manifest's "resumes"
 
         t_start = time.perf_counter() - state["wall_time"]
@@ -293,7 +310,7 @@ class Runner:
                         self._finish_task(t)
                     if self.run_dir is not None and (_crossed(before, after, cfg.run.checkpoint_every) or last):
                         state["wall_time"] = time.perf_counter() - t_start
-                        self.run_dir.checkpoints.save(state["env_step"], {"agent": agent, "carry": carry}, meta=state)
+                        self._checkpoint(agent, carry, t, state, logger)
         finally:
             bar.close()
             if logger:
@@ -385,30 +402,26 @@ class Runner:
         if task_end:
             state["matrix"].append(row_at_end)
 
-    def _newest_task_index(self) -> int:
-        """Task index recorded in the newest readable checkpoint header (it fixes the restore target)."""
-        manager = self.run_dir.checkpoints
-        for step in reversed(manager.all_steps()):
-            try:
-                meta = read_checkpoint_meta(manager.path_for(step))
-            except Exception:  # corrupt header: restore_latest reports it and falls back
-                continue
-            return min(int(meta["task_index"]), len(self.tasks) - 1)
-        return 0
-
-    def _restore(self) -> tuple[dict[str, Any], Any, Any]:
+    def _restore(self) -> tuple[dict[str, Any], Any, Any, dict[str, Any] | None]:
+        """(run state, agent, carry, CSV tables' state or None) from the newest valid checkpoint; the probe
+        states and anchor it holds go to the diagnostics."""
         manager = self.run_dir.checkpoints
         if manager.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {self.run_dir.root}; nothing to resume")
-        tree, meta, _ = manager.restore_latest(self.checkpoint_target())
+        tree, meta, _ = manager.restore_latest(self.checkpoint_target)
         state = dict(meta)
+        tables = state.pop("tables", None)
+        probe_task = state.pop("probe_task", None)
+        state.pop("probe_shape", None)
+        if probe_task is not None:
+            self.diagnostics.restore(probe_task, self.tasks[probe_task], tree["probe"], tree["anchor"])
         agent, carry = tree["agent"], tree["carry"]
         if state["task_index"] >= len(self.tasks) or state["iteration"] == 0:
             carry = None  # finished, or at a task boundary: the next task starts fresh from the agent
         elif not envs.is_jax_native(self.tasks[state["task_index"]]):
             loop, params = self.loop_for(self.tasks[state["task_index"]])
             agent, carry = loop.start(agent, carry.key, params)  # host envs cannot be restored
-        return state, agent, carry
+        return state, agent, carry, tables
 
 
 def _accumulate(window: dict[str, float], metrics: dict[str, Any]) -> None:

@@ -211,10 +211,16 @@ def save_checkpoint(path: str | os.PathLike[str], state: Any, meta: dict[str, An
     return atomic_write_bytes(path, encode_checkpoint(state, meta))
 
 
+def _target_for(target: Any, meta: dict[str, Any]) -> Any:
+    """``target``, or ``target(meta)`` when it is a function: what to restore into may depend on the meta."""
+    return target(meta) if callable(target) else target
+
+
 def load_checkpoint(path: str | os.PathLike[str], target: Any) -> tuple[Any, dict[str, Any]]:
-    """Verify and restore one checkpoint file into the structure of ``target``; return ``(state, meta)``."""
+    """Verify and restore one checkpoint file into the structure of ``target`` (a pytree, or a function of
+    the checkpoint's meta returning one); return ``(state, meta)``."""
     meta, payload = decode_checkpoint(Path(path).read_bytes(), source=path)
-    return _restore_payload(payload, target, path), meta
+    return _restore_payload(payload, _target_for(target, meta), path), meta
 
 
 def read_checkpoint_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -284,7 +290,8 @@ class CheckpointManager:
         return dest
 
     def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any], int]:
-        """Restore the newest checkpoint that verifies, returning ``(state, meta, step)``.
+        """Restore the newest checkpoint that verifies, returning ``(state, meta, step)``; ``target`` as in
+        :func:`load_checkpoint`.
 
         Corrupt files (and files holding NaN/Inf, which older versions could write) are reported with
         :class:`CorruptCheckpointWarning`, renamed to ``*.corrupt`` and skipped. Raises :class:`NoValidCheckpointError` if nothing verifies.
@@ -299,7 +306,7 @@ class CheckpointManager:
                 continue
             try:
                 meta, payload = decode_checkpoint(data, source=path)
-                restored = _restore_payload(payload, target, path)
+                restored = _restore_payload(payload, _target_for(target, meta), path)
                 bad = nonfinite_leaves(restored)
                 if bad:  # written by an older sphere-rl, which did not refuse them
                     raise CorruptCheckpointError(path, f"non-finite values in {', '.join(bad[:3])}")

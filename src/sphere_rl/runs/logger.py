@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import numbers
@@ -49,6 +50,10 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
     writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _parse_cell(cell: str) -> Any:
@@ -119,6 +124,8 @@ class MetricsLogger:
         self._wandb_run: Any = None
         self._closed = False
         self._columns: dict[str, list[str]] = {}
+        self._synced: dict[str, tuple[int, str]] = {}
+        """(bytes, sha256) of each CSV at the last checkpoint (see checkpoint_tables)."""
         for kind in CSV_FILES:
             self._columns[kind] = self._load_columns(self.csv_path(kind))
         if wandb:
@@ -245,6 +252,73 @@ class MetricsLogger:
                 self._tb.close()
                 self._tb = None
         return removed
+
+    # ------------------------------------------------------------------ the tables' state in checkpoints
+    def checkpoint_tables(self) -> dict[str, dict[str, Any]]:
+        """Make every CSV durable (fsync) and describe it for a checkpoint's meta.
+
+        Per file: its length and SHA-256 now, and the text written since the previous call (``tail``, from
+        byte ``tail_from``, whose prefix hash is ``prefix_sha256``). :meth:`restore_tables` turns the files
+        back into exactly these bytes, rebuilding a lost tail (a power cut after the checkpoint was durable
+        but before the rows were) from the checkpoint itself.
+        """
+        tables: dict[str, dict[str, Any]] = {}
+        previous = self._synced
+        for kind in CSV_FILES:
+            path = self.csv_path(kind)
+            data = b""
+            if path.exists():
+                with open(path, "rb+") as fh:
+                    data = fh.read()
+                    os.fsync(fh.fileno())
+            prev_len, prev_sha = previous.get(kind, (0, _sha(b"")))
+            if not (len(data) >= prev_len and _sha(data[:prev_len]) == prev_sha):
+                prev_len, prev_sha = 0, _sha(b"")  # rewritten (a new column): the whole file is the tail
+            tables[kind] = {"bytes": len(data), "sha256": _sha(data), "tail_from": prev_len,
+                            "prefix_sha256": prev_sha, "tail": data[prev_len:].decode("utf-8")}
+        self._synced = {kind: (t["bytes"], t["sha256"]) for kind, t in tables.items()}
+        return tables
+
+    def restore_tables(self, tables: Mapping[str, Mapping[str, Any]], step: int) -> dict[str, str]:
+        """Make every CSV exactly what it was when the checkpoint of env step ``step`` was written.
+
+        Rows written after it are cut; a tail lost or damaged after the previous checkpoint is rebuilt from
+        ``tables`` (what :meth:`checkpoint_tables` returned then). A file damaged before that cannot be
+        rebuilt: it is cut to the rows up to ``step`` with a warning. Returns what was done per file.
+        """
+        done: dict[str, str] = {}
+        for kind in CSV_FILES:
+            info = tables.get(kind)
+            if info is None:
+                continue
+            path = self.csv_path(kind)
+            data = path.read_bytes() if path.exists() else b""
+            n, tail_from = int(info["bytes"]), int(info["tail_from"])
+            if len(data) >= n and _sha(data[:n]) == info["sha256"]:
+                target, done[kind] = data[:n], ("kept" if len(data) == n else "cut")
+            elif len(data) >= tail_from and _sha(data[:tail_from]) == info["prefix_sha256"]:
+                target, done[kind] = data[:tail_from] + info["tail"].encode("utf-8"), "rebuilt"
+            else:
+                done[kind] = "damaged"
+                continue
+            if _sha(target) != info["sha256"]:  # a checkpoint that passed its checksum cannot get here
+                done[kind] = "damaged"
+                continue
+            if target != data:
+                atomic_write_text(path, target.decode("utf-8"))
+            self._columns[kind] = _split_complete(target.decode("utf-8"), path)[0]
+        damaged = [k for k, v in done.items() if v == "damaged"]
+        if damaged:
+            self.truncate_after(self.step_key, step)
+            names = ", ".join(CSV_FILES[k] for k in damaged)
+            warnings.warn(f"{names} in {self.root} changed before the checkpoint of step {step} was written and "
+                          f"cannot be rebuilt; kept its readable rows up to step {step}", RuntimeWarning, stacklevel=2)
+        self._synced = {kind: (int(t["bytes"]), t["sha256"]) for kind, t in tables.items()}
+        self._purge_step = int(step) + 1
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        return done
 
     def flush(self) -> None:
         """Flush TensorBoard events (CSV rows are flushed as they are written)."""

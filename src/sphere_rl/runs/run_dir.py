@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,16 @@ class RunDir:
         manifest = build_manifest(seed, extra, **kwargs)
         path = self.path(MANIFEST_FILE)
         if path.exists():
-            first = self.read_json(MANIFEST_FILE)
+            try:
+                first = self.read_json(MANIFEST_FILE)
+                if not isinstance(first, dict):
+                    raise ValueError("not a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:  # damaged: keep it aside, start a new history
+                aside = path.with_name(MANIFEST_FILE + ".corrupt")
+                os.replace(path, aside)
+                warnings.warn(f"{path}: unreadable ({exc}); moved to {aside.name}, writing a new manifest",
+                              RuntimeWarning, stacklevel=2)
+                first = {**manifest, "note": f"the previous manifest was unreadable; kept as {aside.name}"}
             first.setdefault("resumes", []).append(manifest)
             manifest = first
         self.write_json(MANIFEST_FILE, manifest)
