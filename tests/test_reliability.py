@@ -131,3 +131,166 @@ def test_a_nonfinite_agent_after_an_iteration_is_replaced_by_the_one_before(tmp_
         runner.run()
     assert calls["n"] == 4
     assert seen[2] is seen[1]  # iteration 3 started from the agent iteration 2 started from
+
+
+# ---------------------------------------------------------------- integrity of what resume reads
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(runner: Runner, n_calls: int) -> None:
+    loop, _ = runner.loop_for(runner.tasks[0])
+    real, calls = loop.iteration, {"n": 0}
+
+    def iteration(*args):
+        calls["n"] += 1
+        if calls["n"] > n_calls:
+            raise _Crash()
+        return real(*args)
+
+    loop.iteration = iteration
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    from sphere_rl.experiments.kill_resume import SMALL_CRL
+
+    cfg = Config().override(list(SMALL_CRL)).validate()
+    run_dir = RunDir.create(tmp_path_factory.mktemp("ref"), name="ref", config=cfg.to_dict(), seed=cfg.seed)
+    Runner(cfg, run_dir).run()
+    return cfg, run_dir
+
+
+def _crashed_copy(reference, tmp_path, n_iterations: int) -> RunDir:
+    cfg, _ = reference
+    run_dir = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=cfg.seed)
+    runner = Runner(cfg, run_dir)
+    _crash_after(runner, n_iterations)
+    with pytest.raises(_Crash):
+        runner.run()
+    return run_dir
+
+
+def _resume_and_compare(reference, run_dir) -> None:
+    from sphere_rl.experiments.kill_resume import compare_runs
+
+    cfg, ref_dir = reference
+    Runner(cfg, RunDir.open(run_dir.root)).run(resume=True)
+    assert compare_runs(ref_dir.root, run_dir.root) == []
+
+
+def test_tables_cut_before_the_checkpoint_are_rebuilt_exactly(reference, tmp_path):
+    """A power cut can lose CSV rows that were written but not yet durable when the checkpoint was (a
+    disk that reorders writes): the checkpoint holds the rows since the previous one, so the resumed
+    tables equal an uninterrupted run's."""
+    run_dir = _crashed_copy(reference, tmp_path, 9)  # checkpoints at 256 ... 1024; killed at iteration 10
+    step = run_dir.checkpoints.latest_step()
+    assert step == 1024
+    for name in ("metrics.csv", "eval.csv", "diagnostics.csv"):
+        path = run_dir.path(name)
+        rows = read_metrics(path)
+        keep = [r for r in rows if r["env_step"] <= 768]
+        assert len(keep) < len(rows)
+        lines = path.read_text().splitlines(keepends=True)
+        # what was durable at the previous checkpoint (768), and a torn piece of the next row
+        path.write_text("".join(lines[: len(keep) + 1]) + lines[len(keep) + 1][:9])
+    with pytest.warns(RuntimeWarning, match="dropping incomplete last line"):
+        _resume_and_compare(reference, run_dir)
+
+
+def test_damaged_tables_older_than_the_previous_checkpoint_warn_and_keep_their_rows(reference, tmp_path):
+    run_dir = _crashed_copy(reference, tmp_path, 9)
+    path = run_dir.path("metrics.csv")
+    text = path.read_text()
+    path.write_text(text.replace("arm/reach", "arm/reacH", 1))  # an edit far before the last checkpoint
+    runner = Runner(reference[0], RunDir.open(run_dir.root))
+    with pytest.warns(RuntimeWarning, match=r"metrics.csv in .* changed before the checkpoint of step 1024"):
+        runner.run(resume=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_probe_and_anchor_files_are_restored_from_the_checkpoint(reference, tmp_path, damage):
+    """Probe states and anchor of the current task are inside the checkpoint: damaged or lost files
+    do not change the resumed run's diagnostics, and resume rewrites them."""
+    run_dir = _crashed_copy(reference, tmp_path, 9)  # inside task 1
+    for name in ("task_01.npz", "task_01_actor.msgpack"):
+        path = run_dir.path("probes", name)
+        good = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(good[: len(good) // 2])
+        elif damage == "flip":
+            data = bytearray(good)
+            data[len(data) // 2] ^= 0x10
+            path.write_bytes(bytes(data))
+        else:
+            path.unlink()
+    _resume_and_compare(reference, run_dir)
+    ref_dir = reference[1]
+    for name in ("task_01.npz", "task_01_actor.msgpack"):
+        assert run_dir.path("probes", name).read_bytes() == ref_dir.path("probes", name).read_bytes()
+
+
+def test_damaged_probe_file_at_a_task_start_is_redrawn(reference, tmp_path):
+    """Killed at a task boundary: the next task's probe is drawn from the same agent again."""
+    run_dir = _crashed_copy(reference, tmp_path, 7)  # first iteration of task 1 ran, its checkpoint is 768
+    assert run_dir.checkpoints.latest_step() == 768
+    run_dir.path("probes", "task_01.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.warns(RuntimeWarning, match=r"task_01.npz: unreadable"):
+        _resume_and_compare(reference, run_dir)
+
+
+def test_every_checkpoint_corrupt_is_one_clear_error(reference, tmp_path):
+    from sphere_rl.runs.checkpoint import NoValidCheckpointError
+
+    run_dir = _crashed_copy(reference, tmp_path, 9)
+    for step in run_dir.checkpoints.all_steps():
+        path = run_dir.checkpoints.path_for(step)
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning), pytest.raises(NoValidCheckpointError, match=r"all 2 failed verification"):
+        Runner(reference[0], RunDir.open(run_dir.root)).run(resume=True)
+
+
+def test_damaged_manifest_is_set_aside_on_resume(reference, tmp_path):
+    import json
+
+    run_dir = _crashed_copy(reference, tmp_path, 4)
+    run_dir.path("manifest.json").write_text('{"seed": 0, "resu')
+    with pytest.warns(RuntimeWarning, match="manifest.json: unreadable"):
+        _resume_and_compare(reference, run_dir)
+    manifest = json.loads(run_dir.path("manifest.json").read_text())
+    assert "previous manifest was unreadable" in manifest["note"] and len(manifest["resumes"]) == 1
+    assert run_dir.path("manifest.json.corrupt").read_text() == '{"seed": 0, "resu'
+
+
+# ---------------------------------------------------------------- kill -9 matrix (real processes, the real CLI)
+
+KILL_MATRIX = {
+    "before the first checkpoint": ["iteration:1"],
+    "inside the first task": ["iteration:3"],
+    "at the task switch": ["after_checkpoint:3"],
+    "during a checkpoint write": ["checkpoint_write:4"],
+    "after the final checkpoint": ["after_checkpoint:6"],
+    "twice (mid-task, then mid-write)": ["iteration:2", "checkpoint_write:2"],
+}
+
+
+def test_kill_matrix_resumes_to_identical_numbers(tmp_path):
+    """SIGKILL at each point of the matrix, `sphere train --resume` to the end: the same numbers as an
+    uninterrupted run, bit for bit (timing columns aside). Two children at a time, one XLA thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sphere_rl.experiments.kill_resume import compare_runs, kill_point_trial, reference_run
+
+    with ThreadPoolExecutor(2) as pool:
+        ref_future = pool.submit(reference_run, tmp_path)
+        trials = {label: pool.submit(kill_point_trial, tmp_path, f"kill-{i}", points)
+                  for i, (label, points) in enumerate(KILL_MATRIX.items())}
+        ref, _ = ref_future.result()
+        results = {label: f.result() for label, f in trials.items()}
+    for i, (label, result) in enumerate(results.items()):
+        assert all(result["killed"]), (label, result)  # every kill point was reached
+        run = tmp_path / f"kill-{i}"
+        assert compare_runs(ref, run) == [], label
+        assert not list(run.rglob("*.tmp")), label  # a write cut by the kill leaves no temp file behind

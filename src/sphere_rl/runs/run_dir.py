@@ -135,8 +135,8 @@ class RunDir:
             if not name or name in (".", "..") or "/" in name or os.sep in name:
                 raise ValueError(f"invalid run name {name!r}")
             root = out / name
-            if not (root / CONFIG_FILE).exists() and root.exists() and any(
-                    p.name != LOCK_FILE for p in root.iterdir()):
+            leftovers = lambda p: p.name == LOCK_FILE or (p.name.startswith(".") and p.name.endswith(".tmp"))
+            if not (root / CONFIG_FILE).exists() and root.exists() and not all(map(leftovers, root.iterdir())):
                 raise RunExistsError(f"{root} exists, is not empty and is not a run directory; refusing to write into it")
             root.mkdir(exist_ok=True)
         run = cls(root, checkpoint_keep)
