@@ -4,7 +4,8 @@
     python scripts/kill_resume.py --trials 20 --seed 0 [--work DIR] [--out results.json]
 
 Each trial starts `sphere train` (two tasks of the built-in suite, SPHERE, diagnostics on), kills it
-with SIGKILL at a moment drawn uniformly over an uninterrupted run's wall time, then runs
+with SIGKILL at a moment drawn uniformly between the creation of its run directory and the end of
+an uninterrupted run's wall time, then runs
 `sphere train --resume` until it finishes; a quarter of the resumes are themselves killed at a random
 moment (double kills). Every finished trial is compared with the uninterrupted run, table by table,
 timing columns aside (sphere_rl.experiments.kill_resume). Exit code 0 when every trial is identical.

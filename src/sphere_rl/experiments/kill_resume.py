@@ -132,9 +132,15 @@ def compare_runs(reference: str | os.PathLike[str], other: str | os.PathLike[str
 
 def reference_run(work: Path) -> tuple[Path, float]:
     """An uninterrupted run (`work/reference`) and its wall time in seconds."""
-    start = time.perf_counter()
+    return _timed_reference(work)[:2]
+
+
+def _timed_reference(work: Path) -> tuple[Path, float, float]:
+    """(run, wall time, seconds until its config.json was written): the reference run and its timeline."""
+    start_wall, start = time.time(), time.perf_counter()
     _run_child(train_argv(work, "reference"))
-    return work / "reference", time.perf_counter() - start
+    run = work / "reference"
+    return run, time.perf_counter() - start, max((run / "config.json").stat().st_mtime - start_wall, 0.0)
 
 
 def kill_point_trial(work: Path, name: str, kill_points: list[str]) -> dict[str, Any]:
@@ -162,27 +168,41 @@ def _finish(work: Path, name: str, rng: random.Random, wall: float, double_kill:
     return kills
 
 
+def _stage(run: Path) -> str:
+    """How far a killed run had got: what is on disk."""
+    if not (run / "config.json").exists():
+        return "no run directory yet"
+    steps = sorted(p.name for p in (run / "checkpoints").glob("ckpt_*.ckpt")) if (run / "checkpoints").is_dir() else []
+    rows = len(read_metrics(run / "metrics.csv")) if (run / "metrics.csv").exists() else 0
+    temp = " + a cut temp file" if list(run.rglob(".*.tmp")) else ""
+    if not steps:
+        return f"no checkpoint yet, {rows} metrics rows{temp}"
+    return f"last checkpoint at env step {int(steps[-1][5:17])}, {rows} metrics rows{temp}"
+
+
 def random_trials(n: int, work: str | os.PathLike[str], seed: int = 0, double_kill: float = 0.25) -> dict[str, Any]:
-    """`n` runs, each killed at a uniformly random moment of the reference's wall time, then resumed
-    (a resume is itself killed again with probability `double_kill`) until it finishes; each compared
-    with the uninterrupted reference."""
+    """`n` runs, each killed at a uniformly random moment between the creation of its run directory and
+    the end of the reference's wall time (before, nothing of the run exists yet: Python and JAX start),
+    then resumed (a resume is itself killed again, at a moment uniform over the whole wall time, with
+    probability `double_kill`) until it finishes; each compared with the uninterrupted reference."""
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    ref, wall = reference_run(work)
+    ref, wall, created = _timed_reference(work)
     trials = []
     for i in range(n):
         name = f"trial-{i:03d}"
-        delay = rng.uniform(0.0, wall)
+        delay = rng.uniform(created, wall)
         rc = _run_child(train_argv(work, name), kill_after_s=delay)
+        at_kill = _stage(work / name)
         resumes = _finish(work, name, rng, wall, double_kill)
         problems = compare_runs(ref, work / name)
-        trials.append({"trial": i, "kill_after_s": round(delay, 3), "killed": rc == -signal.SIGKILL,
+        trials.append({"trial": i, "kill_after_s": round(delay, 3), "killed": rc == -signal.SIGKILL, "at_kill": at_kill,
                        "resume_kills_after_s": resumes, "identical": not problems, "problems": problems})
-        print(f"trial {i + 1}/{n}: killed after {delay:.2f} s" + ("" if rc == -signal.SIGKILL else " (had finished)")
+        print(f"trial {i + 1}/{n}: killed after {delay:.2f} s ({at_kill})" + ("" if rc == -signal.SIGKILL else " (had finished)")
               + f", {len(resumes)} resume(s) ({sum(r is not None for r in resumes)} killed again): "
               + ("identical" if not problems else "DIFFERENT: " + "; ".join(problems)), flush=True)
-    return {"reference_wall_s": round(wall, 2), "seed": seed, "double_kill": double_kill, "n": n,
+    return {"reference_wall_s": round(wall, 2), "run_dir_created_s": round(created, 2), "seed": seed, "double_kill": double_kill, "n": n,
             "killed": sum(t["killed"] for t in trials), "identical": sum(t["identical"] for t in trials),
             "trials": trials}
 
