@@ -315,13 +315,15 @@ class Config:
 # ---------------------------------------------------------------------------------------
 
 def _split_override(text: str) -> tuple[str, str]:
-    if "=" not in text:
+    if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.field=value")
     key, value = text.split("=", 1)
     return key.strip(), value.strip()
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    if not isinstance(key, str):
+        raise ConfigError(f"override key {key!r} must be a dotted field name like section.field")
     parts = key.split(".")
     node = data
     for i, part in enumerate(parts[:-1]):
@@ -329,7 +331,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"unknown config section {'.'.join(parts[: i + 1])!r} in override {key!r}")
         node = node[part]
     if parts[-1] not in node:
-        known = ", ".join(sorted(node))
+        known = ", ".join(k if isinstance(k, str) and k.isprintable() else repr(k) for k in sorted(node, key=str))
         raise ConfigError(f"unknown config field {key!r}; fields here: {known}")
     node[parts[-1]] = value
 
@@ -341,7 +343,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
-        raise ConfigError(f"unknown config field {prefix + sorted(unknown)[0]!r}; fields here: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown config field {prefix + str(sorted(unknown, key=str)[0])!r}; "
+                          f"fields here: {', '.join(sorted(names))}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
@@ -382,7 +385,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
                 if low in ("false", "0", "no", "off"):
                     return False
                 raise ValueError
-            if isinstance(value, (bool, int)):
+            if isinstance(value, (bool, int)) and value in (0, 1):
                 return bool(value)
             raise ValueError
         if tp is int:
@@ -403,10 +406,12 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
                 raise ConfigError(f"{name} must be a finite number, got {value!r}")
             return value
         if tp is str:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):  # a list, mapping or None
+                raise ValueError
             return str(value)
     except ConfigError:
         raise
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         raise ConfigError(f"{name} must be of type {tp.__name__}, got {value!r}") from None
     return value
 
@@ -420,6 +425,19 @@ def _check(cond: bool, name: str, message: str, value: Any) -> None:
         raise ConfigError(f"{name} {message}, got {value!r}")
 
 
+_NAME_MAX, _PATH_MAX = 255, 4000
+"""Bytes in one file name and in a whole path (Linux: NAME_MAX 255, PATH_MAX 4096 with room for the run's files)."""
+
+
+def _path_ok(path: str) -> bool:
+    """Whether the OS can take `path`: encodable, no NUL, no folder name longer than `_NAME_MAX` bytes."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeError:  # a lone surrogate (e.g. \ud800 in a config.json)
+        return False
+    return b"\0" not in raw and all(len(part) <= _NAME_MAX for part in raw.split(os.fsencode(os.sep)))
+
+
 def _validate(cfg: Config) -> None:
     from sphere_rl import envs, nets, regularizers  # registries; imported lazily to avoid cycles
 
@@ -427,17 +445,20 @@ def _validate(cfg: Config) -> None:
     _check(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
     _check(run.name == "" or (run.name not in (".", "..") and "/" not in run.name and os.sep not in run.name),
            "run.name", "must be a plain directory name (no '/', not '.' or '..')", run.name)
+    _check(_path_ok(run.name), "run.name", f"must be a usable file name (at most {_NAME_MAX} bytes, no NUL)", run.name)
+    _check(_path_ok(run.out_dir) and len(os.fsencode(run.out_dir)) <= _PATH_MAX, "run.out_dir",
+           f"must be a usable path (at most {_PATH_MAX} bytes, {_NAME_MAX} per folder name, no NUL)", run.out_dir)
 
     _check(n.actor in nets.ACTORS, "net.actor", f"must be one of {sorted(nets.ACTORS)}", n.actor)
     _check(n.critic in nets.CRITICS, "net.critic", f"must be one of {sorted(nets.CRITICS)}", n.critic)
     for fname in ("hidden_sizes", "gate_hidden_sizes", "critic_hidden_sizes"):
         sizes = getattr(n, fname)
-        _check(len(sizes) >= 1 and all(0 < s <= 65_536 for s in sizes), f"net.{fname}",
-               "must be a non-empty list of ints in [1, 65536]", sizes)
+        _check(1 <= len(sizes) <= 64 and all(0 < s <= 65_536 for s in sizes), f"net.{fname}",
+               "must be a list of 1 to 64 ints in [1, 65536]", sizes)
     _check(1 <= n.n_experts <= 4096, "net.n_experts", "must be in [1, 4096]", n.n_experts)
     _check(1 <= n.top_k, "net.top_k", "must be >= 1", n.top_k)
     _check(n.top_k <= n.n_experts, "net.top_k", f"must be <= net.n_experts ({n.n_experts})", n.top_k)
-    _check(n.n_shared >= 1, "net.n_shared", "must be >= 1", n.n_shared)
+    _check(1 <= n.n_shared <= 4096, "net.n_shared", "must be in [1, 4096]", n.n_shared)
     _check(n.gate_temperature > 0, "net.gate_temperature", "must be > 0", n.gate_temperature)
     _check(n.activation in ("relu", "tanh"), "net.activation", "must be 'relu' or 'tanh'", n.activation)
     _check(n.load_balance_coef >= 0, "net.load_balance_coef", "must be >= 0", n.load_balance_coef)
@@ -497,6 +518,7 @@ def _validate(cfg: Config) -> None:
     _check(d.every >= 0, "diag.every", "must be >= 0 (0: at every evaluation)", d.every)
     for fname in ("n_states", "probe_steps", "n_top", "memory_budget_mb"):
         _check(getattr(d, fname) >= 1, f"diag.{fname}", "must be >= 1", getattr(d, fname))
+    _check(d.n_states <= 65_536, "diag.n_states", "must be <= 65536 (the eNTK is N x N)", d.n_states)
     _check(d.ntk_method in ("structured", "generic"), "diag.ntk_method", "must be 'structured' or 'generic'", d.ntk_method)
     _check(d.ntk_reduction in ("trace", "full"), "diag.ntk_reduction", "must be 'trace' or 'full'", d.ntk_reduction)
     _check(0.0 <= d.dormant_tau < 1.0, "diag.dormant_tau", "must be in [0, 1)", d.dormant_tau)
@@ -548,9 +570,11 @@ def migrate(data: dict[str, Any]) -> dict[str, Any]:
     called the routing penalty's weight `routing_weight` (added to the feature penalty under one
     lambda; it was 0 in every preset). Complete configs pass through unchanged.
     """
-    ppo, net, reg = (data.get(k) for k in ("ppo", "net", "reg"))
-    if not isinstance(ppo, dict) or "kl_mode" in ppo:
+    if not isinstance(data, dict):  # not a config at all: from_dict says so
         return data
+    ppo, net, reg = (data.get(k) for k in ("ppo", "net", "reg"))
+    if not isinstance(ppo, dict) or "kl_mode" in ppo or not all(isinstance(data.get(k, {}), dict) for k in ("net", "reg")):
+        return data  # complete, or not a config (from_dict names the bad section)
     data = json.loads(json.dumps(data))  # a deep copy
     ppo, net, reg = data["ppo"], data.setdefault("net", {}), data.setdefault("reg", {})
     ppo["kl_mode"] = "none" if ppo.get("target_kl") is None else "early_stop"
