@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from pathlib import Path
 
 from sphere_rl.config import PRESETS, Config, ConfigError, load, preset
@@ -45,10 +46,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as err:  # json.JSONDecodeError
             raise ConfigError(f"{run_dir.path('config.json')} is not valid JSON ({err}); this run cannot be resumed")
         if run_dir.is_complete:
-            summary = run_dir.summary
-            print(f"{run_dir.root} is complete (summary.json: average success "
-                  f"{summary.get('average_success', float('nan')):.3f}, {summary.get('env_steps', '?')} env steps); "
-                  "nothing to resume")
+            try:
+                summary = run_dir.summary
+            except ValueError:  # not JSON
+                summary = None
+            if isinstance(summary, dict):
+                avg = summary.get("average_success", float("nan"))
+                avg = f"{avg:.3f}" if isinstance(avg, (int, float)) and not isinstance(avg, bool) else repr(avg)
+                state = f"summary.json: average success {avg}, {summary.get('env_steps', '?')!r} env steps"
+            else:
+                state = "summary.json is not a JSON object"
+            print(f"{run_dir.root} is complete ({state}); nothing to resume")
             return 0
         cfg = Config.from_saved(saved).validate()
         step = run_dir.checkpoints.latest_step()
@@ -178,6 +186,8 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from sphere_rl.experiments.bench import DEFAULT_BENCH_SUITES, run_bench
 
+    if not all(2 <= e <= 4096 for e in args.experts):  # Top-K keeps 2 experts; checked before any benchmark runs
+        raise ConfigError(f"--experts must be in [2, 4096], got {args.experts}")
     run_bench(out=args.out, quick=args.quick, experts=tuple(args.experts), suites=tuple(args.suite or DEFAULT_BENCH_SUITES))
     return 0
 
@@ -185,6 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_plasticity(args: argparse.Namespace) -> int:
     from sphere_rl.experiments.plasticity_gap import run_plasticity_gap
 
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     run_plasticity_gap(seeds=args.seeds, out_dir=args.out_dir, overrides=args.overrides)
     return 0
 
@@ -239,6 +251,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_results(args: argparse.Namespace) -> int:
     from sphere_rl.results.table import load_results
 
+    if args.out and Path(args.out).is_dir():
+        print(f"sphere results: -o {args.out!r} is a directory; give the output file's path", file=sys.stderr)
+        return 2
     try:
         results = load_results(args.path, complete_only=not args.include_incomplete)
     except ValueError as err:
@@ -255,10 +270,16 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_reps(reps: int) -> None:
+    if not 100 <= reps <= 1_000_000:
+        raise ConfigError(f"--reps (bootstrap resamples) must be in [100, 1000000], got {reps}")
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from sphere_rl.results.compare import compare_report
     from sphere_rl.results.table import load_results
 
+    _check_reps(args.reps)
     try:
         results = load_results(args.path, complete_only=True)
         print(compare_report(results, by=args.by, metric=args.metric, baseline=args.baseline, reps=args.reps))
@@ -271,8 +292,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from sphere_rl.report.sweep_report import build_sweep_report
 
-    if args.reps < 100:
-        raise ConfigError(f"--reps must be >= 100, got {args.reps}")
+    _check_reps(args.reps)
     try:
         path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures)
     except ValueError as err:
@@ -282,7 +302,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-class _SubcommandParser(argparse.ArgumentParser):
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, like every other bad input: `sphere train: error: ... (see `sphere train -h`)`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {'  '.join(message.splitlines())} (see `{self.prog} -h`)\n")
+
+
+class _SubcommandParser(_Parser):
     """A subcommand's parser: its positionals (dotted overrides, a preset, a spec) may come before, between
     and after its options, e.g. `sphere train --preset demo a=1 --out-dir X b=2` (plain argparse stops the
     overrides at the first option and rejects `b=2`). The top-level parser cannot parse intermixed (its
@@ -301,7 +328,7 @@ class _SubcommandParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
+    parser = _Parser(prog="sphere", description="sphere-rl: plasticity loss in continual RL with MoE PPO and SPHERE.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_SubcommandParser)
 
     p = sub.add_parser("train", help="train a preset (RL or CRL) or resume a run", description=(
@@ -444,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"sphere: config error: {err}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, FileExistsError) as err:
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError) as err:
         print(f"sphere: {err}", file=sys.stderr)
         return 2
     except PermissionError as err:
@@ -477,6 +504,13 @@ def main(argv: list[str] | None = None) -> int:
                   "sweep": "run the same `sphere sweep` command again to resume"}.get(args.command, "")
         print(f"\nsphere: interrupted{'; ' + advice if advice else ''}", file=sys.stderr)
         return 130
+    except Exception as err:  # last, so that BrokenPipeError (an OSError) is handled above
+        from sphere_rl.runs.checkpoint import CheckpointError
+
+        if not isinstance(err, CheckpointError):  # e.g. every checkpoint of the run failed verification
+            raise
+        print(f"sphere: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

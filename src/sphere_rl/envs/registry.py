@@ -201,6 +201,11 @@ def make(env_id: str, num_envs: int = 1, seed: int = 0, **kwargs: Any) -> gymnas
     if env_id.startswith(GYM_PREFIX):
         adapter = GymVectorAdapter(_check_gym_id(env_id), num_envs, seed, **kwargs)
         adapter.env_id = env_id
+        for kind, space in (("observation", adapter.single_observation_space), ("action", adapter.single_action_space)):
+            if not isinstance(space, gymnasium.spaces.Box):  # e.g. CartPole's Discrete actions
+                adapter.close()
+                raise ValueError(f"{env_id!r} has a {type(space).__name__} {kind} space; sphere-rl needs Box "
+                                 "(continuous) observations and actions")
         return adapter
     spec = env_spec(env_id)
     if spec.jax_native:

@@ -249,6 +249,8 @@ def build_sweep_report(path: str | Path, out: str | Path | None = None, *, heldo
                        reps: int = 2000, figures_dir: str | Path | None = None, by: str | None = None) -> Path:
     """Write ``out`` (default ``PATH/report.html``); figures also as PNG + PDF into ``figures_dir`` if given."""
     results = load_results(path)
+    if not results.runs["complete"].any():
+        raise ValueError(f"no finished runs (with summary.json) under {path}: nothing to report")
     out = Path(out) if out else Path(path) / "report.html"
     title = f"sphere-rl report: {Path(path).resolve().name}"
     return write_report(out, title=title, sections=report_sections(results, by=by, heldout=heldout, reps=reps,

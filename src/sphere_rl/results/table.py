@@ -28,6 +28,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from sphere_rl.config import Config
+
 __all__ = ["Results", "load_results", "find_runs", "LONG_COLUMNS", "SOURCES", "flatten_config"]
 
 SOURCES = ("summary", "eval", "diagnostics", "continual")
@@ -203,6 +205,7 @@ def _summary_scalars(summary: dict[str, Any] | None) -> dict[str, float]:
 
 def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[Part]]:
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    Config.from_saved(config)  # the types of every field (ConfigError names a bad one); not validate(): runs move
     flat = {k: v for k, v in flatten_config(config).items() if k not in _EXCLUDED_CONFIG}
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
@@ -279,16 +282,25 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
         raise FileNotFoundError(f"no run directories (config.json + manifest.json) under {root}")
     index: dict[str, dict[str, Any]] = {}
     if (root / "sweep.json").is_file():
-        index = {job["job_id"]: job for job in json.loads((root / "sweep.json").read_text(encoding="utf-8"))["jobs"]}
+        try:
+            index = {job["job_id"]: job for job in json.loads((root / "sweep.json").read_text(encoding="utf-8"))["jobs"]}
+        except (ValueError, TypeError, KeyError) as err:
+            raise ValueError(f"{root / 'sweep.json'} is not a sweep index ({type(err).__name__}: {err})") from None
     sweep_root = root if root not in runs else root.parent
     run_rows, parts, roots = [], [], []
     for run_root in runs:
-        row, run_parts = _load_run(run_root, sweep_root, index)
+        try:
+            row, run_parts = _load_run(run_root, sweep_root, index)
+        except (OSError, ValueError, TypeError, AttributeError, KeyError, OverflowError) as err:  # json / csv files
+            raise ValueError(f"{run_root} is not a readable run ({type(err).__name__}: {err})".splitlines()[0]) from None
         if complete_only and not row["complete"]:
             continue
         run_rows.append(row)
         roots.append(run_root)
         parts += [p for p in run_parts if p["source"][0] in sources]
+    if not run_rows:
+        raise ValueError(f"no finished runs (with summary.json) under {root}; its {len(runs)} unfinished "
+                         "run(s) load with include-incomplete (sphere results --include-incomplete)")
     if pair_references:
         _pair_references(run_rows, parts, roots, sweep_root)
     scalars = [{"run": row["run"], "task_index": None, "task": None, "metric": key, "value": row[key]}

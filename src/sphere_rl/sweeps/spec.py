@@ -26,6 +26,9 @@ IDENTITY_EXCLUDED = (("run", "out_dir"), ("run", "name"), ("run", "progress"))
 
 _SPEC_KEYS = {"name", "preset", "presets", "overrides", "grid", "seeds"}
 
+MAX_JOBS = 10_000
+"""Jobs a sweep may have (presets x grid cells x seeds); more is a typo (e.g. seeds 0-99999) or several sweeps."""
+
 
 class SpecError(ConfigError):
     """A malformed sweep spec (exit code 2 from the CLI, like every config error)."""
@@ -143,7 +146,7 @@ class SweepSpec:
         if not self.presets:
             raise SpecError("preset: give at least one preset")
         for name in self.presets:
-            if name not in PRESETS:
+            if not isinstance(name, str) or name not in PRESETS:
                 raise SpecError(f"preset: unknown preset {name!r}; presets: {', '.join(sorted(PRESETS))}")
         keys = [k for k, _ in self.grid]
         if len(set(keys)) != len(keys):
@@ -155,6 +158,9 @@ class SweepSpec:
                 raise SpecError(f"grid: {key} has no values")
             if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
                 raise SpecError(f"grid: {key} repeats a value: {list(values)}")
+        if self.n_cells * len(self.seeds) > MAX_JOBS:  # every job's config is built and validated up front
+            raise SpecError(f"grid x seeds: {self.n_cells} cells x {len(self.seeds)} seeds = "
+                            f"{self.n_cells * len(self.seeds)} jobs, more than {MAX_JOBS}; split the sweep")
         if self.name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
             raise SpecError(f"name: {self.name!r} must be letters, digits, '.', '_' or '-' (it names a directory)")
 
@@ -200,6 +206,7 @@ class SweepSpec:
                 config = preset(preset_name, {**shared, **cell, "seed": seed})
             except ConfigError as err:
                 where = " ".join(f"{k}={v}" for k, v in cell.items())
+                where = where if where.isprintable() else repr(where)  # one line, whatever the grid holds
                 raise SpecError(f"{err} (preset {preset_name}{' ' + where if where else ''})") from None
             job = Job(job_id_of(config), preset_name, cell, seed, config)
             if job.job_id in seen:  # two grid points that resolve to the same config
@@ -218,6 +225,8 @@ def spec_from_mapping(data: dict[str, Any], source: str = "spec") -> SweepSpec:
     if unknown:
         raise SpecError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_SPEC_KEYS)}")
     presets = data.get("presets", data.get("preset", "default"))
+    if not isinstance(presets, (str, list, tuple)):
+        raise SpecError(f"{source}: preset(s) must be a preset name or a list of names, got {presets!r}")
     presets = (presets,) if isinstance(presets, str) else tuple(presets)
     grid_data = data.get("grid") or {}
     if not isinstance(grid_data, dict):
