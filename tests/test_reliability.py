@@ -294,3 +294,32 @@ def test_kill_matrix_resumes_to_identical_numbers(tmp_path):
         run = tmp_path / f"kill-{i}"
         assert compare_runs(ref, run) == [], label
         assert not list(run.rglob("*.tmp")), label  # a write cut by the kill leaves no temp file behind
+
+
+# ---------------------------------------------------------------- what the command line says
+
+
+def test_a_diverged_run_is_one_line_and_exit_1(tmp_path, capsys):
+    from sphere_rl.cli import main
+
+    args = ["train", "--preset", "demo", *SMALL, "ppo.lr=1e4", "ppo.kl_mode=none", "run.max_nonfinite_updates=0",
+            "diag.enabled=false", "--out-dir", str(tmp_path), "--name", "div"]
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("sphere: run diverged: 7 update steps had a non-finite loss, gradient or result "
+                              "(limit run.max_nonfinite_updates=0), the last at env step 128")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_permission_denied_is_one_line(tmp_path, capsys, monkeypatch):
+    """Tests run as root here, where chmod cannot deny anything: the OS error is raised where the run
+    directory is created, as a read-only out-dir would."""
+    from sphere_rl.cli import main
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(RunDir, "create", denied)
+    assert main(["train", "--preset", "demo-quick", "--out-dir", str(tmp_path / "ro")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"sphere: cannot write {tmp_path / 'ro'}: permission denied"

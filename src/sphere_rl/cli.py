@@ -478,17 +478,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sphere: cannot write {err.filename or ''}: permission denied", file=sys.stderr)
         return 2
     except RuntimeError as err:
+        from sphere_rl.protocols.runner import RunDivergedError
         from sphere_rl.runs.run_dir import RunInUseError
         from sphere_rl.sweeps.launch import SweepLaunchError
 
+        if isinstance(err, RunDivergedError):  # the run failed (exit 1), the input was fine
+            print(f"sphere: {err}", file=sys.stderr)
+            return 1
         if not isinstance(err, (SweepLaunchError, RunInUseError)):
             raise
         print(f"sphere: {err}", file=sys.stderr)
         return 2
     except ValueError as err:
-        from sphere_rl.runs.checkpoint import CheckpointMismatchError
+        from sphere_rl.runs.checkpoint import CheckpointError, CheckpointMismatchError
 
         if not isinstance(err, CheckpointMismatchError):
+            if isinstance(err, CheckpointError):  # NonFiniteCheckpointError
+                print(f"sphere: {err}", file=sys.stderr)
+                return 1
             raise
         print(f"sphere: checkpoint does not fit this version's agent state (runs before 0.3 have no "
               f"kl_lr / reg_state and cannot be restored; their config, metrics and summary stay readable): {err}",

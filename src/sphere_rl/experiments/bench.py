@@ -108,7 +108,7 @@ def bench_update_phase(experts: tuple[int, ...], repeats: int, n_epochs: int,
     """
     rows = []
     for e in experts:
-        common = [f"net.n_experts={e}", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]
+        common = [f"net.n_experts={e}", "ppo.kl_mode=none", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]
         timers: dict[tuple[str, str], Callable[[], float]] = {}
         for name, extra in variants.items():
             for reg in ("none", "sphere"):
@@ -138,7 +138,7 @@ def bench_update_phase(experts: tuple[int, ...], repeats: int, n_epochs: int,
 
 def bench_dense_reference(repeats: int, n_epochs: int) -> dict[str, Any]:
     """The same update phase for the dense 3x256 actor (official PPO), as a reference for the MoE cost."""
-    cfg = Config().override(["net.actor=mlp", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]).validate()
+    cfg = Config().override(["net.actor=mlp", "ppo.kl_mode=none", "ppo.target_kl=none", f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach"]).validate()
     timer = _update_phase_timer(cfg)
     seconds = statistics.median(timer() for _ in range(repeats))
     print(f"dense 3x256 actor: update phase {seconds:.2f} s", flush=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,20 +190,29 @@ def random_trials(n: int, work: str | os.PathLike[str], seed: int = 0, double_ki
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     ref, wall, created = _timed_reference(work)
-    trials = []
-    for i in range(n):
+    trials: list[dict[str, Any]] = []
+    finished_first = 0
+    while len(trials) < n:
+        i = len(trials)
         name = f"trial-{i:03d}"
         delay = rng.uniform(created, wall)
         rc = _run_child(train_argv(work, name), kill_after_s=delay)
+        if rc != -signal.SIGKILL:  # this attempt ran faster than the reference: not a kill, draw again
+            finished_first += 1
+            shutil.rmtree(work / name)
+            if finished_first > 5 * n:
+                raise RuntimeError("the runs keep finishing before the kill moment; is the machine much faster now?")
+            continue
         at_kill = _stage(work / name)
         resumes = _finish(work, name, rng, wall, double_kill)
         problems = compare_runs(ref, work / name)
         trials.append({"trial": i, "kill_after_s": round(delay, 3), "killed": rc == -signal.SIGKILL, "at_kill": at_kill,
                        "resume_kills_after_s": resumes, "identical": not problems, "problems": problems})
-        print(f"trial {i + 1}/{n}: killed after {delay:.2f} s ({at_kill})" + ("" if rc == -signal.SIGKILL else " (had finished)")
+        print(f"trial {i + 1}/{n}: killed after {delay:.2f} s ({at_kill})"
               + f", {len(resumes)} resume(s) ({sum(r is not None for r in resumes)} killed again): "
               + ("identical" if not problems else "DIFFERENT: " + "; ".join(problems)), flush=True)
-    return {"reference_wall_s": round(wall, 2), "run_dir_created_s": round(created, 2), "seed": seed, "double_kill": double_kill, "n": n,
+    return {"reference_wall_s": round(wall, 2), "run_dir_created_s": round(created, 2), "seed": seed,
+            "redrawn_finished_before_kill": finished_first, "double_kill": double_kill, "n": n,
             "killed": sum(t["killed"] for t in trials), "identical": sum(t["identical"] for t in trials),
             "trials": trials}
 
