@@ -32,7 +32,7 @@ from typing import Any
 
 from sphere_rl.runs.logger import read_metrics
 
-__all__ = ["SMALL_CRL", "compare_runs", "kill_point_trial", "random_trials", "train_argv"]
+__all__ = ["LONGER_CRL", "SMALL_CRL", "compare_runs", "kill_point_trial", "random_trials", "train_argv"]
 
 SMALL_CRL = (
     "net.actor=topk_moe", "net.n_experts=3", "net.top_k=2", "net.hidden_sizes=16,16", "net.gate_hidden_sizes=16",
@@ -43,6 +43,11 @@ SMALL_CRL = (
 )
 """Two tasks of the built-in suite, 6 iterations and 3 checkpoints each, SPHERE and diagnostics on: every
 file resume reads is exercised (checkpoints, probes, anchors, the three CSV tables)."""
+
+LONGER_CRL = (*SMALL_CRL, "run.steps_per_task=3072", "run.eval_every=1024", "run.log_every=256",
+              "run.checkpoint_every=512")
+"""SMALL_CRL with 4x the budget (24 iterations and 6 checkpoints per task), for random kill moments: training,
+not process start-up, takes most of its wall time."""
 
 TIMING_COLUMNS = frozenset({"steps_per_s", "wall_time_s", "ntk/seconds"})
 SUMMARY_SKIP = frozenset({"wall_time_s", "run_dir"})
@@ -68,8 +73,10 @@ def train_argv(out_dir: str | os.PathLike[str], name: str, *, resume: bool = Fal
     return [sys.executable, "-c", _CHILD, kill, *run]
 
 
-def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: float = 600) -> int:
-    """Run a child; with `kill_after_s`, SIGKILL it then (if still running). Returns its exit code
+def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: float = 600,
+               kill_at_step: tuple[Path, int, float] | None = None) -> int:
+    """Run a child; SIGKILL it after `kill_after_s` seconds, or `kill_at_step = (run, step, jitter_s)`:
+    `jitter_s` seconds after `run/metrics.csv` first shows an env step >= `step`. Returns its exit code
     (-9 when killed)."""
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as proc:
         try:
@@ -78,6 +85,13 @@ def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: fl
                     proc.wait(timeout=kill_after_s)
                 except subprocess.TimeoutExpired:
                     proc.send_signal(signal.SIGKILL)
+            elif kill_at_step is not None:
+                run, step, jitter = kill_at_step
+                while proc.poll() is None and _logged_step(run) < step:
+                    time.sleep(0.02)
+                if proc.poll() is None:
+                    time.sleep(jitter)
+                    proc.send_signal(signal.SIGKILL)
             _, err = proc.communicate(timeout=timeout_s)
         except BaseException:
             proc.kill()
@@ -85,6 +99,18 @@ def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: fl
     if proc.returncode not in (0, -signal.SIGKILL):
         raise RuntimeError(f"child failed with exit code {proc.returncode}: {' '.join(argv)}\n{err[-2000:]}")
     return proc.returncode
+
+
+def _logged_step(run: Path) -> int:
+    """The last env step in `run/metrics.csv` (-1 when there is none yet)."""
+    try:
+        lines = (run / "metrics.csv").read_text().splitlines()
+    except (FileNotFoundError, UnicodeDecodeError):
+        return -1
+    if len(lines) < 2:
+        return -1
+    first = lines[-1].split(",", 1)[0]
+    return int(first) if first.isdigit() else -1
 
 
 def _table(path: Path) -> list[dict[str, Any]] | None:
@@ -136,10 +162,10 @@ def reference_run(work: Path) -> tuple[Path, float]:
     return _timed_reference(work)[:2]
 
 
-def _timed_reference(work: Path) -> tuple[Path, float, float]:
+def _timed_reference(work: Path, overrides: tuple[str, ...] = SMALL_CRL) -> tuple[Path, float, float]:
     """(run, wall time, seconds until its config.json was written): the reference run and its timeline."""
     start_wall, start = time.time(), time.perf_counter()
-    _run_child(train_argv(work, "reference"))
+    _run_child(train_argv(work, "reference", overrides=overrides))
     run = work / "reference"
     return run, time.perf_counter() - start, max((run / "config.json").stat().st_mtime - start_wall, 0.0)
 
@@ -154,8 +180,8 @@ def kill_point_trial(work: Path, name: str, kill_points: list[str]) -> dict[str,
     return {"name": name, "kill_points": kill_points, "killed": killed}
 
 
-def _finish(work: Path, name: str, rng: random.Random, wall: float, double_kill: float, max_attempts: int = 6
-            ) -> list[float | None]:
+def _finish(work: Path, name: str, rng: random.Random, wall: float, double_kill: float,
+            overrides: tuple[str, ...], max_attempts: int = 6) -> list[float | None]:
     """Resume `name` until it completes; each resume is itself killed with probability `double_kill`."""
     kills: list[float | None] = []
     run = work / name
@@ -164,7 +190,7 @@ def _finish(work: Path, name: str, rng: random.Random, wall: float, double_kill:
             return kills
         fresh = not (run / "config.json").exists()  # killed before the run directory was written
         delay = rng.uniform(0.0, wall) if rng.random() < double_kill else None
-        rc = _run_child(train_argv(work, name, resume=not fresh), kill_after_s=delay)
+        rc = _run_child(train_argv(work, name, resume=not fresh, overrides=overrides), kill_after_s=delay)
         kills.append(delay if rc == -signal.SIGKILL else None)
     return kills
 
@@ -181,40 +207,49 @@ def _stage(run: Path) -> str:
     return f"last checkpoint at env step {int(steps[-1][5:17])}, {rows} metrics rows{temp}"
 
 
-def random_trials(n: int, work: str | os.PathLike[str], seed: int = 0, double_kill: float = 0.25) -> dict[str, Any]:
-    """`n` runs, each killed at a uniformly random moment between the creation of its run directory and
-    the end of the reference's wall time (before, nothing of the run exists yet: Python and JAX start),
-    then resumed (a resume is itself killed again, at a moment uniform over the whole wall time, with
-    probability `double_kill`) until it finishes; each compared with the uninterrupted reference."""
+def random_trials(n: int, work: str | os.PathLike[str], seed: int = 0, double_kill: float = 0.25,
+                  overrides: tuple[str, ...] = LONGER_CRL) -> dict[str, Any]:
+    """`n` runs, each killed at a random point of its training, then resumed (a resume is itself killed
+    again, at a moment uniform over the reference's wall time, with probability `double_kill`) until it
+    finishes; each compared with the uninterrupted reference.
+
+    The kill point: an env step drawn uniformly over the run's budget; the run is killed a random
+    0-0.1 s after its metrics.csv first shows that step (a row is written every `run.log_every` steps),
+    so kills fall anywhere in training: inside iterations, evaluations, diagnostics, checkpoint writes."""
+    from sphere_rl import envs
+    from sphere_rl.config import preset
+
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    ref, wall, created = _timed_reference(work)
+    cfg = preset("demo", list(overrides)).validate()
+    total = cfg.run.steps_per_task * len(envs.resolve_sequence(cfg.run.tasks))
+    ref, wall, created = _timed_reference(work, overrides)
     trials: list[dict[str, Any]] = []
     finished_first = 0
     while len(trials) < n:
         i = len(trials)
         name = f"trial-{i:03d}"
-        delay = rng.uniform(created, wall)
-        rc = _run_child(train_argv(work, name), kill_after_s=delay)
-        if rc != -signal.SIGKILL:  # this attempt ran faster than the reference: not a kill, draw again
+        target, jitter = rng.randrange(total), rng.uniform(0.0, 0.1)
+        rc = _run_child(train_argv(work, name, overrides=overrides), kill_at_step=(work / name, target, jitter))
+        if rc != -signal.SIGKILL:  # finished within the jitter after its last row: not a kill, draw again
             finished_first += 1
             shutil.rmtree(work / name)
             if finished_first > 5 * n:
-                raise RuntimeError("the runs keep finishing before the kill moment; is the machine much faster now?")
+                raise RuntimeError("the runs keep finishing before the kill moment")
             continue
         at_kill = _stage(work / name)
-        resumes = _finish(work, name, rng, wall, double_kill)
+        resumes = _finish(work, name, rng, wall, double_kill, overrides)
         problems = compare_runs(ref, work / name)
-        trials.append({"trial": i, "kill_after_s": round(delay, 3), "killed": rc == -signal.SIGKILL, "at_kill": at_kill,
+        trials.append({"trial": i, "target_env_step": target, "jitter_s": round(jitter, 3), "at_kill": at_kill,
                        "resume_kills_after_s": resumes, "identical": not problems, "problems": problems})
-        print(f"trial {i + 1}/{n}: killed after {delay:.2f} s ({at_kill})"
-              + f", {len(resumes)} resume(s) ({sum(r is not None for r in resumes)} killed again): "
+        print(f"trial {i + 1}/{n}: killed {jitter:.2f} s after env step {target} ({at_kill}), {len(resumes)} resume(s) "
+              f"({sum(r is not None for r in resumes)} killed again): "
               + ("identical" if not problems else "DIFFERENT: " + "; ".join(problems)), flush=True)
-    return {"reference_wall_s": round(wall, 2), "run_dir_created_s": round(created, 2), "seed": seed,
-            "redrawn_finished_before_kill": finished_first, "double_kill": double_kill, "n": n,
-            "killed": sum(t["killed"] for t in trials), "identical": sum(t["identical"] for t in trials),
-            "trials": trials}
+    return {"overrides": list(overrides), "reference_wall_s": round(wall, 2), "run_dir_created_s": round(created, 2),
+            "seed": seed, "double_kill": double_kill, "total_env_steps": total,
+            "redrawn_finished_before_kill": finished_first, "n": n,
+            "identical": sum(t["identical"] for t in trials), "trials": trials}
 
 
 # ---------------------------------------------------------------- the child process
