@@ -55,6 +55,15 @@ class GymLoop:
         self._observe_and_act = jax.jit(self._observe_and_act_fn)
         self._finish = jax.jit(self._finish_fn)
 
+    def run_call(self, kind: str, own: tuple, shared: tuple) -> Any:
+        """One run's `iteration` ((agent, carry), (env_params, lr)) or `evaluate` ((agent, key), (env_params,)).
+        Host envs run one seed per process: there is no `run_calls`."""
+        if kind == "iteration":
+            return self.iteration(*own, *shared)
+        if kind == "evaluate":
+            return self.evaluate(own[0], shared[0], own[1])
+        raise ValueError(f"unknown call {kind!r}")
+
     def _act_fn(self, agent_state: AgentState, raw_obs: jax.Array, key: jax.Array, deterministic: bool = False):
         obs = self.ppo.normalize_obs(agent_state, raw_obs)
         action, log_prob, value = self.ppo._policy_step(agent_state, obs, key, deterministic)

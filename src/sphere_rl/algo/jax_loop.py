@@ -5,6 +5,7 @@ Task parameters are data, so one compiled iteration serves every task of an env 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.struct
@@ -13,6 +14,26 @@ import jax.numpy as jnp
 
 from sphere_rl.algo.ppo import PPO, AgentState
 from sphere_rl.algo.rollout import Trajectory, learn_from_rollout
+
+
+@jax.jit
+def _stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def stack_trees(trees: list[Any]) -> Any:
+    """Pytrees of one structure stacked leaf by leaf along a new leading axis (one jitted call)."""
+    return _stack(list(trees))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unstack(tree: Any, n: int) -> list[Any]:
+    return [jax.tree.map(lambda x: x[i], tree) for i in range(n)]
+
+
+def unstack_tree(tree: Any, n: int) -> list[Any]:
+    """The inverse of :func:`stack_trees`: `n` pytrees, one per index of the leading axis (one jitted call)."""
+    return _unstack(tree, n)
 
 
 class RolloutCarry(flax.struct.PyTreeNode):
@@ -38,11 +59,35 @@ class JaxLoop:
         self.action_high = jnp.asarray(env.action_high, jnp.float32)
         self.iteration = jax.jit(self._iteration)
         self.evaluate = jax.jit(self._evaluate)
+        # many seeds in one call (protocols.multiseed): the same iteration / evaluation vmapped over the
+        # agents, carries and keys of a seed group; the task's parameters and learning rate are shared
+        self.iteration_many = jax.jit(jax.vmap(self._iteration, in_axes=(0, 0, None, None)))
+        self.evaluate_many = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
         self.start = jax.jit(self._start)
         self.collect_states = jax.jit(self._collect_states, static_argnames=("n_steps",))
 
     def close(self) -> None:
         """Nothing to release: a JAX-native env holds no host resources (`GymLoop.close` does)."""
+
+    # ------------------------------------------------------------------ calls from a run's step generator
+    def run_call(self, kind: str, own: tuple, shared: tuple) -> Any:
+        """One run's `iteration` ((agent, carry), (env_params, lr)) or `evaluate` ((agent, key), (env_params,))."""
+        if kind == "iteration":
+            return self.iteration(*own, *shared)
+        if kind == "evaluate":
+            return self.evaluate(own[0], shared[0], own[1])
+        raise ValueError(f"unknown call {kind!r}")
+
+    def run_calls(self, kind: str, owns: list[tuple], shared: tuple) -> list[Any]:
+        """The same call for several runs at once (vmapped over their own arguments); results in order."""
+        stacked = stack_trees(owns)
+        if kind == "iteration":
+            out = self.iteration_many(*stacked, *shared)
+        elif kind == "evaluate":
+            out = self.evaluate_many(stacked[0], shared[0], stacked[1])
+        else:
+            raise ValueError(f"unknown call {kind!r}")
+        return unstack_tree(out, len(owns))
 
     # ------------------------------------------------------------------ start of a task
     def _start(self, agent_state: AgentState, key: jax.Array, env_params: Any) -> tuple[AgentState, RolloutCarry]:

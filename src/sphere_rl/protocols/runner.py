@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 import time
-from typing import Any
+from typing import Any, Generator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +75,22 @@ class RunResult:
         return data
 
 
+class Call(NamedTuple):
+    """What a run's step generator (:meth:`Runner.steps`) asks its driver to compute.
+
+    `kind` is a `loop.run_call` kind (`iteration`, `evaluate`); `own` are this run's arguments,
+    `shared` the ones every run of a seed group passes alike (task parameters, learning rate) and
+    `key` is the run's position (task, iteration, then evaluations before the next iteration) followed
+    by what identifies the shared arguments: a driver of several runs (:mod:`.multiseed`) computes the
+    calls with the smallest key together, the same computation on different seeds."""
+
+    kind: str
+    loop: Any
+    own: tuple
+    shared: tuple
+    key: tuple
+
+
 class RunDivergedError(RuntimeError):
     """More non-finite update steps than `run.max_nonfinite_updates`: the run stopped; its checkpoints are finite."""
 
@@ -86,7 +102,10 @@ def _crossed(before: int, after: int, every: int) -> bool:
 class Runner:
     """Runs one configuration. `run()` starts or resumes; numbers are identical either way."""
 
-    def __init__(self, cfg: Config, run_dir: RunDir | None = None, *, progress: bool | None = None):
+    def __init__(self, cfg: Config, run_dir: RunDir | None = None, *, progress: bool | None = None,
+                 share: "Runner | None" = None):
+        """`share`: a runner of the same config but for the seed (a seed group, :mod:`.multiseed`) whose
+        PPO and compiled loops this one uses too."""
         self.cfg = cfg.validate()
         self.run_dir = run_dir
         if run_dir is not None and run_dir._checkpoints is None:
@@ -95,15 +114,18 @@ class Runner:
         self.timing: dict[str, float] = {}
         """Wall-clock stamps (``time.time()``) of this process's training start and first two iterations."""
         self.tasks = list(envs.resolve_sequence(cfg.run.tasks))
-        self._loops: dict[str, tuple[Any, Any]] = {}
-        spaces = {self._space_of(t) for t in self.tasks}
-        if len(spaces) != 1:
-            raise ValueError(f"run.tasks: all tasks of a run need the same observation and action sizes, got {sorted(spaces)}")
-        self.obs_dim, self.action_dim = spaces.pop()
-        self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
+        if share is not None:
+            self._loops, self.obs_dim, self.action_dim, self.ppo = share._loops, share.obs_dim, share.action_dim, share.ppo
+        else:
+            self._loops: dict[str, tuple[Any, Any]] = {}
+            spaces = {self._space_of(t) for t in self.tasks}
+            if len(spaces) != 1:
+                raise ValueError(f"run.tasks: all tasks of a run need the same observation and action sizes, got {sorted(spaces)}")
+            self.obs_dim, self.action_dim = spaces.pop()
+            self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
         self.base_key = jax.random.PRNGKey(cfg.seed)
         self.diagnostics = RunDiagnostics(self.cfg, self.ppo, run_dir, jax.random.fold_in(self.base_key, _PROBE))
-        self._all_finite = jax.jit(all_finite)
+        self._all_finite = share._all_finite if share is not None else jax.jit(all_finite)
 
     # ------------------------------------------------------------------ envs and loops
     def _space_of(self, task: str) -> tuple[int, int]:
@@ -227,13 +249,27 @@ class Runner:
         if self.run_dir is None:
             if resume:
                 raise ValueError("resume needs a run directory")
-            return self._run(resume)
+            return self._drive(self.steps(resume))
         with self.run_dir.lock("training: Runner.run"):
             if resume:
                 self.run_dir.remove_stale_temp_files()
-            return self._run(resume)
+            return self._drive(self.steps(resume))
 
-    def _run(self, resume: bool) -> RunResult:
+    @staticmethod
+    def _drive(steps: Generator[Call, Any, RunResult]) -> RunResult:
+        """Run one step generator to its end, computing every call it makes."""
+        try:
+            call = next(steps)
+            while True:
+                call = steps.send(call.loop.run_call(call.kind, call.own, call.shared))
+        except StopIteration as stop:
+            return stop.value
+
+    def steps(self, resume: bool, max_step: int | None = None) -> Generator[Call, Any, RunResult]:
+        """The run as a generator: it yields a :class:`Call` wherever it needs an iteration or an
+        evaluation computed and is sent the result; it returns the :class:`RunResult`. The caller holds
+        the run directory's lock. `max_step`: resume from the newest checkpoint at or before it (none
+        there: from step 0, in place)."""
         cfg, batch = self.cfg, self.cfg.batch_size
         iterations = cfg.iterations_per_task
         total_steps = iterations * batch * len(self.tasks)
@@ -248,11 +284,12 @@ class Runner:
         if resume:
             if self.run_dir is None:
                 raise ValueError("resume needs a run directory")
-            if self.run_dir.checkpoints.latest_step() is None:
+            steps = [s for s in self.run_dir.checkpoints.all_steps() if max_step is None or s <= max_step]
+            if not steps:
                 # killed before its first checkpoint: start again from step 0 in place
                 logger.truncate_after(step_col="env_step", step=-1)
             else:
-                state, agent, carry, tables = self._restore()
+                state, agent, carry, tables = self._restore(max_step)
                 if tables is None:  # a checkpoint of a version before 0.5
                     logger.truncate_after(step_col="env_step", step=state["env_step"])
                 else:
@@ -280,7 +317,8 @@ class Runner:
                     if len(self.timing) < 3:  # start-up, as sweeps and `sphere bench` measure it
                         self.timing.setdefault("training_started_at", time.time())
                     previous = agent
-                    agent, carry, metrics = loop.iteration(agent, carry, params, lr)
+                    agent, carry, metrics = yield Call("iteration", loop, (agent, carry), (params, lr),
+                                                       (t, it, 1, id(params), float(lr)))
                     metrics = jax.device_get(metrics)
                     agent = self._guard_nonfinite(previous, agent, metrics, state, t, bar)
                     if len(self.timing) < 3:
@@ -302,7 +340,7 @@ class Runner:
                         state["window"] = {}
                         window_clock = now
                     if _crossed(before, after, cfg.run.eval_every) or last:
-                        self._evaluate_seen(agent, t, state, logger, task_end=last)
+                        yield from self._evaluate_seen(agent, t, state, logger, task_end=last)
                     if _crossed(before, after, self.diagnostics.every) or last:
                         self._diagnose(agent, t, state, logger, task_end=last)
                     if last:
@@ -376,7 +414,8 @@ class Runner:
         return continual_metrics(result.tasks, result.success_matrix, result.task_curves, self.cfg.task_steps, curves,
                                  reference or None)
 
-    def _evaluate_seen(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
+    def _evaluate_seen(self, agent: Any, t: int, state: dict[str, Any], logger: Any,
+                       task_end: bool) -> Generator[Call, Any, None]:
         run = self.cfg.run
         if run.protocol == "crl" and run.eval_all_tasks:
             seen = range(len(self.tasks) if run.eval_future_tasks else t + 1)
@@ -387,7 +426,11 @@ class Runner:
             curves.append([])
         row_at_end: list[float | None] = [None] * len(self.tasks)
         for j in seen:
-            result = self.evaluate(agent, j)
+            loop, params = self.loop_for(self.tasks[j])
+            out = yield Call("evaluate", loop, (agent, self._eval_key(j)), (params,),
+                             (t, state["iteration"], 0, j))
+            out = jax.device_get(out)
+            result = {"return": float(out["return"]), "success": float(out["success"])}
             if logger:
                 logger.log("eval", {
                     "env_step": state["env_step"], "task_index": t, "task": self.tasks[t],
@@ -402,13 +445,13 @@ class Runner:
         if task_end:
             state["matrix"].append(row_at_end)
 
-    def _restore(self) -> tuple[dict[str, Any], Any, Any, dict[str, Any] | None]:
+    def _restore(self, max_step: int | None = None) -> tuple[dict[str, Any], Any, Any, dict[str, Any] | None]:
         """(run state, agent, carry, CSV tables' state or None) from the newest valid checkpoint; the probe
         states and anchor it holds go to the diagnostics."""
         manager = self.run_dir.checkpoints
         if manager.latest_step() is None:
             raise FileNotFoundError(f"no checkpoint in {self.run_dir.root}; nothing to resume")
-        tree, meta, _ = manager.restore_latest(self.checkpoint_target)
+        tree, meta, _ = manager.restore_latest(self.checkpoint_target, max_step=max_step)
         state = dict(meta)
         tables = state.pop("tables", None)
         probe_task = state.pop("probe_task", None)

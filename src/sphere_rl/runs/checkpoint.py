@@ -289,16 +289,19 @@ class CheckpointManager:
         os.replace(path, dest)
         return dest
 
-    def restore_latest(self, target: Any) -> tuple[Any, dict[str, Any], int]:
+    def restore_latest(self, target: Any, max_step: int | None = None) -> tuple[Any, dict[str, Any], int]:
         """Restore the newest checkpoint that verifies, returning ``(state, meta, step)``; ``target`` as in
         :func:`load_checkpoint`.
 
         Corrupt files (and files holding NaN/Inf, which older versions could write) are reported with
-        :class:`CorruptCheckpointWarning`, renamed to ``*.corrupt`` and skipped. Raises :class:`NoValidCheckpointError` if nothing verifies.
+        :class:`CorruptCheckpointWarning`, renamed to ``*.corrupt`` and skipped. ``max_step``: consider only
+        checkpoints at or before this step (newer ones are left as they are). Raises :class:`NoValidCheckpointError` if nothing verifies.
         Structure/dtype mismatches with ``target`` raise :class:`CheckpointMismatchError` immediately.
         """
         tried: list[tuple[Path, str]] = []
         for step in reversed(self.all_steps()):
+            if max_step is not None and step > max_step:
+                continue
             path = self.path_for(step)
             try:
                 data = path.read_bytes()
