@@ -60,9 +60,17 @@ class JaxLoop:
         self.iteration = jax.jit(self._iteration)
         self.evaluate = jax.jit(self._evaluate)
         # many seeds in one call (protocols.multiseed): the same iteration / evaluation vmapped over the
-        # agents, carries and keys of a seed group; the task's parameters and learning rate are shared
-        self.iteration_many = jax.jit(jax.vmap(self._iteration, in_axes=(0, 0, None, None)))
-        self.evaluate_many = jax.jit(jax.vmap(self._evaluate, in_axes=(0, None, 0)))
+        # agents, carries and keys of a seed group; the task's parameters and learning rate are shared.
+        # Under vmap the sparse dispatch's grouped products turn into gathers over the seed axis and run
+        # about 25x slower than the dense-masked form (measured: docs/benchmarks.md), so the vmapped
+        # programs evaluate MoE networks with dense dispatch: the same parameters and, up to float
+        # rounding, the same numbers (docs/networks.md).
+        batched = self
+        if ppo.cfg.net.dispatch != "dense":
+            dense_cfg = ppo.cfg.override({"net.dispatch": "dense"})
+            batched = JaxLoop(PPO(dense_cfg, ppo.obs_dim, ppo.action_dim), env)
+        self.iteration_many = jax.jit(jax.vmap(batched._iteration, in_axes=(0, 0, None, None)))
+        self.evaluate_many = jax.jit(jax.vmap(batched._evaluate, in_axes=(0, None, 0)))
         self.start = jax.jit(self._start)
         self.collect_states = jax.jit(self._collect_states, static_argnames=("n_steps",))
 
