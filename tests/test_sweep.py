@@ -339,3 +339,59 @@ def test_bench_startup_arithmetic():
               "report": {"runs": 100, "build_seconds": 5.0, "size_mb": 6.0, "browser_load_seconds": None}}
     text = "\n".join(sweep_markdown(result))
     assert "1.11x" in text and "3.0 s / 3.5 s" in text and "n/a (no chromium/playwright)" in text
+
+
+# ----------------------------------------------------------------------------- seed groups in sweeps
+def test_seed_groups_put_the_seeds_of_a_cell_in_one_process():
+    from sphere_rl.sweeps.launch import seed_groups
+
+    spec = tiny_spec(seeds=(0, 1, 2, 3, 4), grid=(("reg.name", ("none", "sphere")),))
+    jobs = spec.jobs()
+    groups = seed_groups(jobs, n_cpus=2)  # 10 jobs on 2 CPUs: one group of 5 seeds per cell
+    assert sorted(len(g) for g in groups) == [5, 5]
+    for group in groups:
+        assert len({j.cell["reg.name"] for j in group}) == 1 and len({j.seed for j in group}) == len(group)
+    assert sorted(len(g) for g in seed_groups(jobs, n_cpus=8)) == [1, 1, 2, 2, 2, 2]  # 8 CPUs: smaller groups
+    assert all(len(g) == 1 for g in seed_groups(jobs, n_cpus=2, seeds_per_process=1))
+    assert sorted(len(g) for g in seed_groups(jobs, n_cpus=2, seeds_per_process=3)) == [2, 2, 3, 3]
+    host = SweepSpec(presets=("demo",), seeds=(0, 1), overrides=("run.tasks=gym:Pendulum-v1",)).jobs()
+    assert [len(g) for g in seed_groups(host, n_cpus=1)] == [1, 1]  # host envs: one process per seed
+
+
+def test_worker_group_trains_the_seeds_together_and_skips_done_and_busy_jobs(tmp_path):
+    from sphere_rl.runs.lock import FileLock
+    from sphere_rl.sweeps.worker import run_job_group
+
+    spec = tiny_spec(seeds=(0, 1, 2))
+    jobs = spec.jobs()
+    sweep = SweepDir(tmp_path)
+    sweep.register(spec, jobs)
+    # job 0 is done already (trained alone), job 2 is held by another process
+    run_job(str(tmp_path), jobs[0].to_index(), jobs[0].config.to_dict())
+    holder = FileLock(sweep.root / "locks" / f"{jobs[2].job_id}.lock", purpose="someone else")
+    holder.acquire()
+    try:
+        records = run_job_group(str(tmp_path), [j.to_index() for j in jobs], [j.config.to_dict() for j in jobs])
+    finally:
+        holder.release()
+    assert [r["state"] for r in records] == ["done", "done", "busy"]
+    assert records[0]["skipped"] and "group_size" not in records[0]
+    records = run_job_group(str(tmp_path), [j.to_index() for j in jobs], [j.config.to_dict() for j in jobs])
+    assert [r["state"] for r in records] == ["done", "done", "done"] and records[1]["skipped"]
+    assert records[2]["group_size"] == 1 and not records[2].get("skipped")  # the one left, now free
+    for job in jobs:
+        config = json.loads((sweep.run_dir(job.job_id) / "config.json").read_text())
+        assert config["seed"] == job.seed and (sweep.run_dir(job.job_id) / "summary.json").is_file()
+
+
+def test_worker_group_of_new_jobs_is_one_seed_group(tmp_path):
+    from sphere_rl.sweeps.worker import run_job_group
+
+    spec = tiny_spec(seeds=(3, 4))
+    jobs = spec.jobs()
+    SweepDir(tmp_path).register(spec, jobs)
+    records = run_job_group(str(tmp_path), [j.to_index() for j in jobs], [j.config.to_dict() for j in jobs])
+    assert [r["state"] for r in records] == ["done", "done"]
+    assert all(r["group_size"] == 2 and r["group"] == [j.job_id for j in jobs] for r in records)
+    manifest = json.loads((SweepDir(tmp_path).run_dir(jobs[0].job_id) / "manifest.json").read_text())
+    assert manifest["seed_group"] == [j.job_id for j in jobs] and "resumes" not in manifest

@@ -37,9 +37,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sphere_rl.runs import RunDir
 
     if args.resume:
-        if args.overrides or args.config or args.name or args.out_dir:
+        if args.overrides or args.config or args.name or args.out_dir or args.seeds:
             raise ConfigError("--resume continues a run with its saved config and place; "
-                              "drop the overrides/--config/--name/--out-dir")
+                              "drop the overrides/--config/--name/--out-dir/--seeds")
+        from sphere_rl.protocols.multiseed import is_group
+
+        if is_group(args.resume):
+            return _resume_group(args.resume)
         run_dir = RunDir.open(args.resume)
         try:
             saved = run_dir.config
@@ -70,6 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.name:
             cfg = cfg.override({"run.name": args.name})
         cfg = cfg.validate()
+        if args.seeds:
+            return _train_group(cfg, args.seeds)
         out_existed = Path(cfg.run.out_dir).exists()
         run_dir = RunDir.create(cfg.run.out_dir, name=cfg.run.name or None, config=cfg.to_dict(), seed=cfg.seed)
         try:
@@ -85,6 +91,83 @@ def cmd_train(args: argparse.Namespace) -> int:
         result = runner.run()
     _print_result(result)
     return 0
+
+
+def _train_group(cfg: Config, seeds_arg: str) -> int:
+    """`sphere train --seeds`: one run directory per seed in a group folder; JAX-native tasks train all
+    seeds in one process (vmapped), host envs one seed after another."""
+    from sphere_rl.protocols.multiseed import SeedGroup, create_group
+    from sphere_rl.sweeps.spec import SpecError, parse_seeds
+
+    try:
+        seeds = parse_seeds(seeds_arg)
+    except SpecError as err:
+        raise ConfigError(f"--seeds: {err}") from None
+    if len(seeds) > 1024:
+        raise ConfigError(f"--seeds: at most 1024 seeds in one process, got {len(seeds)} (use sphere sweep)")
+    cfgs = [cfg.override({"seed": s}).validate() for s in seeds]
+    out_existed = Path(cfg.run.out_dir).exists()
+    runs = create_group(cfgs, cfg.run.out_dir, cfg.run.name or None)
+    root = runs[0].root.parent
+    try:
+        group = SeedGroup(cfgs, runs) if _jax_native(cfg) else None
+    except ValueError as err:  # e.g. tasks of different sizes
+        import shutil
+
+        shutil.rmtree(root, ignore_errors=True)
+        if not out_existed:
+            shutil.rmtree(cfg.run.out_dir, ignore_errors=True)
+        raise ConfigError(str(err)) from None
+    print(f"seed group: {root} ({len(seeds)} seeds: {', '.join(map(str, seeds))}"
+          + (", in one process)" if group is not None else ", one after another: host envs)"))
+    results = group.run() if group is not None else [_run_alone(c, r) for c, r in zip(cfgs, runs)]
+    _print_group(seeds, results)
+    return 0
+
+
+def _jax_native(cfg: Config) -> bool:
+    from sphere_rl import envs
+
+    return all(envs.is_jax_native(t) for t in envs.resolve_sequence(cfg.run.tasks))
+
+
+def _run_alone(cfg: Config, run_dir):
+    from sphere_rl.protocols.runner import Runner
+
+    return Runner(cfg, run_dir).run()
+
+
+def _resume_group(path: str) -> int:
+    from sphere_rl.protocols.multiseed import SeedGroup, open_group
+
+    cfgs, runs = open_group(path)
+    if all(r.is_complete for r in runs):
+        print(f"{path} is complete ({len(runs)} seeds); nothing to resume")
+        return 0
+    steps = [r.checkpoints.latest_step() for r in runs]
+    print(f"resuming seed group {path}: newest checkpoints at env steps {steps}")
+    if _jax_native(cfgs[0]):
+        results = SeedGroup(cfgs, runs).run(resume=True)
+    else:
+        from sphere_rl.protocols.runner import Runner
+
+        results = [Runner(c, r).run(resume=True) for c, r in zip(cfgs, runs)]
+    _print_group([c.seed for c in cfgs], results)
+    return 0
+
+
+def _print_group(seeds, results) -> None:
+    import numpy as np
+
+    from sphere_rl.report.tables import results_table
+    from sphere_rl.results.stats import summarize
+
+    print(results_table({f"seed {s}": r for s, r in zip(seeds, results)}))
+    matrix = np.asarray([r.final_success for r in results], dtype=float)
+    row = summarize({"group": matrix}).loc["group"]
+    ci = f" [{row['mean_lo']:.3f}, {row['mean_hi']:.3f}] (95 % bootstrap CI over {len(results)} seeds)" \
+        if len(results) > 1 else " (one seed: indicative only)"
+    print(f"average success {row['mean']:.3f}{ci}")
 
 
 def _print_result(result) -> None:
@@ -156,7 +239,15 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sphere_rl.experiments.demo import run_demo
 
-    run_demo(out_dir=args.out_dir, seed=args.seed, quick=args.quick)
+    from sphere_rl.sweeps.spec import SpecError, parse_seeds
+
+    try:
+        seeds = parse_seeds(args.seeds)
+    except SpecError as err:
+        raise ConfigError(f"--seeds: {err}") from None
+    if len(seeds) > 64:
+        raise ConfigError(f"--seeds: at most 64 seeds per method in the demo, got {len(seeds)}")
+    run_demo(out_dir=args.out_dir, seeds=seeds, quick=args.quick, parallel=not args.sequential)
     return 0
 
 
@@ -243,8 +334,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-cpus must be >= 1, got {args.num_cpus}")
     if args.retries < 0:
         raise ConfigError(f"--retries must be >= 0, got {args.retries}")
+    if not 0 <= args.seeds_per_process <= 1024:
+        raise ConfigError(f"--seeds-per-process must be in [0, 1024], got {args.seeds_per_process}")
     outcome = launch(spec, root, address=args.address, num_cpus=args.num_cpus, retries=args.retries,
-                     num_gpus=args.gpus_per_job)
+                     num_gpus=args.gpus_per_job, seeds_per_process=args.seeds_per_process)
     return 0 if all(s in ("done", "busy") for s in outcome.states.values()) else 1
 
 
@@ -339,7 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a config JSON file (e.g. another run's config.json)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last good checkpoint")
     p.add_argument("--out-dir", help="parent folder of the run directory (run.out_dir)")
-    p.add_argument("--name", help="run directory name (run.name)")
+    p.add_argument("--name", help="run directory name (run.name); with --seeds, the group folder's")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="train these seeds (e.g. 0-4 or 0,3,7) as a seed group: one run directory each, "
+                        "all in one process when the tasks are JAX-native (vmapped)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a run's checkpoint on all its tasks")
@@ -366,10 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="(re)write the run's continual_metrics.csv and summary.json's `continual` with these numbers")
     p.set_defaults(func=cmd_metrics)
 
-    p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE")
+    p = sub.add_parser("demo", help="CRL on the built-in suite: Top-K MoE vs Top-K MoE + SPHERE over seeds, with CIs")
     p.add_argument("--out-dir", default="runs/demo")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0-4", help="seeds per method (default 0-4)")
     p.add_argument("--quick", action="store_true", help="a much smaller budget (a smoke test, no effect expected)")
+    p.add_argument("--sequential", action="store_true", help="train the two methods one after the other in this process")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("envs", help="list environment ids and task sequences")
@@ -430,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="local Ray: CPUs to use, one job each (default: all)")
     p.add_argument("--gpus-per-job", type=float, default=0.0, help="GPUs per job on a cluster with GPUs (default 0)")
     p.add_argument("--retries", type=int, default=2, help="times a job whose worker died is retried (default 2)")
+    p.add_argument("--seeds-per-process", type=int, default=0, metavar="N",
+                   help="jobs differing only in their seed (JAX-native envs) train together in one process, "
+                        "vmapped, up to N per process (default 0: automatic; 1: one job per process)")
     p.add_argument("--dry-run", action="store_true", help="list the jobs (ids and values) and the sweep directory; run nothing")
     p.add_argument("--status", action="store_true", help="list the jobs with their state (pending, running, interrupted, done, failed); run nothing")
     p.set_defaults(func=cmd_sweep)

@@ -110,7 +110,7 @@ def bench_sweep(full: bool = False, seeds: int = 4, n_cpus: int | None = None, w
     root = Path(work_dir or tempfile.mkdtemp(prefix="sphere-bench-sweep-"))
     overrides = () if full else ("run.steps_per_task=100000", "run.eval_every=25000", "run.checkpoint_every=50000")
     spec = SweepSpec(presets=("demo",), seeds=tuple(range(seeds)), overrides=overrides, name="bench")
-    outcome = launch(spec, root / "sweep", num_cpus=n_cpus, progress=False)
+    outcome = launch(spec, root / "sweep", num_cpus=n_cpus, progress=False, seeds_per_process=1)
     records = list(outcome.records.values())
     job_walls = [r["wall_s"] for r in records if r.get("state") == "done"]
     ideal = sum(job_walls) / max(outcome.n_cpus, 1)

@@ -20,7 +20,11 @@ step they all have, so the batch is the same as in an uninterrupted group).
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
+import hashlib
+import os
 import time
+from pathlib import Path
 from typing import Any, Generator, Sequence
 
 from tqdm.auto import tqdm
@@ -29,8 +33,12 @@ from sphere_rl import envs
 from sphere_rl.config import Config, ConfigError
 from sphere_rl.protocols.runner import Call, Runner, RunResult
 from sphere_rl.runs import RunDir
+from sphere_rl.runs.atomic import atomic_write_json
 
-__all__ = ["SeedGroup", "group_key"]
+__all__ = ["GROUP_FILE", "SeedGroup", "create_group", "group_key", "is_group", "open_group"]
+
+GROUP_FILE = "group.json"
+"""A seed group's index in its folder: the seeds and their run directories (`seed_<s>/`)."""
 
 _PER_SEED = ("seed", "run.name", "run.out_dir", "run.progress")
 """Config fields that may differ between the seeds of a group."""
@@ -151,3 +159,47 @@ class SeedGroup:
         except StopIteration as stop:
             pending.pop(i, None)
             results[i] = stop.value
+
+
+# ---------------------------------------------------------------- group folders
+
+
+def create_group(cfgs: Sequence[Config], out_dir: str | os.PathLike[str], name: str | None = None) -> list[RunDir]:
+    """A folder `out_dir/name` holding one ordinary run directory per seed (`seed_<s>`) and `group.json`.
+
+    `name` defaults to `<UTC YYYYmmdd-HHMMSS>-<hash of the shared config>-seeds`."""
+    import json
+
+    if name is None:
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        name = f"{stamp}-{hashlib.sha256(group_key(cfgs[0]).encode()).hexdigest()[:8]}-seeds"
+    root = Path(out_dir) / name
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} exists and is not empty; resume a group with `sphere train --resume {root}`")
+    root.mkdir(parents=True, exist_ok=True)
+    runs = [RunDir.create(root, name=f"seed_{c.seed}", config=c.to_dict(), seed=c.seed) for c in cfgs]
+    atomic_write_json(root / GROUP_FILE, {"seeds": [c.seed for c in cfgs], "runs": [r.name for r in runs],
+                                          "config": json.loads(group_key(cfgs[0]))})
+    return runs
+
+
+def is_group(path: str | os.PathLike[str]) -> bool:
+    return (Path(path) / GROUP_FILE).is_file()
+
+
+def open_group(path: str | os.PathLike[str]) -> tuple[list[Config], list[RunDir]]:
+    """The configs and run directories of the seed group at `path` (its `group.json`)."""
+    import json
+
+    root = Path(path)
+    try:
+        index = json.loads((root / GROUP_FILE).read_text(encoding="utf-8"))
+        names = [str(n) for n in index["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{root / GROUP_FILE} is not a readable seed-group index ({err})") from None
+    runs = [RunDir.open(root / n) for n in names]
+    try:
+        cfgs = [Config.from_saved(r.config).validate() for r in runs]
+    except ValueError as err:  # json.JSONDecodeError
+        raise ConfigError(f"a config.json of {root} is not valid JSON ({err})") from None
+    return cfgs, runs

@@ -155,6 +155,23 @@ def _bootstrap_interval(samples: tuple[np.ndarray, ...], statistic: Callable[...
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
+def mean_ci(values: npt.ArrayLike, *, reps: int = 2000, confidence: float = 0.95,
+            seed: int = 0) -> tuple[float, float, float]:
+    """(mean, lo, hi) of the finite values: the percentile-bootstrap CI of their mean
+    (`scipy.stats.bootstrap`, seeded). One value: (value, NaN, NaN); none: all NaN; all equal: the value
+    as both bounds."""
+    x = np.asarray(values, dtype=np.float64).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), math.nan, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0]), float(x[0])
+    lo, hi = _bootstrap_interval((x,), _mean, reps=reps, confidence=confidence, seed=seed)
+    return float(np.mean(x)), lo, hi
+
+
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 

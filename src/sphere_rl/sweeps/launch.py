@@ -70,13 +70,36 @@ def _ray_task(retries: int, num_gpus: float):
     import ray
 
     @ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=retries, max_calls=1)
-    def sweep_job(sweep_root: str, job: dict[str, Any], config: dict[str, Any], submitted_at: float) -> dict[str, Any]:
+    def sweep_jobs(sweep_root: str, jobs: list[dict[str, Any]], configs: list[dict[str, Any]],
+                   submitted_at: float) -> list[dict[str, Any]]:
         entered_at = time.time()
-        from sphere_rl.sweeps.worker import run_job
+        from sphere_rl.sweeps.worker import run_job_group
 
-        return run_job(sweep_root, job, config, timing={"submitted_at": submitted_at, "entered_at": entered_at})
+        return run_job_group(sweep_root, jobs, configs, timing={"submitted_at": submitted_at, "entered_at": entered_at})
 
-    return sweep_job
+    return sweep_jobs
+
+
+def seed_groups(jobs: list[Job], n_cpus: int, seeds_per_process: int = 0) -> list[list[Job]]:
+    """The jobs as Ray tasks: jobs that differ only in their seed and train on JAX-native envs share a
+    process, vmapped over seeds (:mod:`sphere_rl.protocols.multiseed`), up to `seeds_per_process` of
+    them (0: automatic, enough groups to keep `n_cpus` busy and at most 16 seeds each; 1: one job per
+    process). Host-env jobs always run one per process."""
+    from sphere_rl import envs
+    from sphere_rl.protocols.multiseed import group_key
+
+    if seeds_per_process == 1:
+        return [[job] for job in jobs]
+    size = seeds_per_process or max(1, min(16, -(-len(jobs) // max(n_cpus, 1))))
+    cells: dict[str, list[Job]] = {}
+    singles: list[list[Job]] = []
+    for job in jobs:
+        if all(envs.is_jax_native(t) for t in envs.resolve_sequence(job.config.run.tasks)):
+            cells.setdefault(group_key(job.config), []).append(job)
+        else:
+            singles.append([job])
+    groups = [cell[i:i + size] for cell in cells.values() for i in range(0, len(cell), size)]
+    return groups + singles
 
 
 class SweepLaunchError(RuntimeError):
@@ -104,8 +127,9 @@ def _init_ray(address: str | None, num_cpus: int | None) -> int:
 
 def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num_cpus: int | None = None,
            retries: int = 2, num_gpus: float = 0.0, poll_s: float = 1.0, progress: bool = True,
-           stream: TextIO | None = None) -> SweepOutcome:
-    """Run every job of ``spec`` that is not done yet under ``root``; returns when all have ended."""
+           stream: TextIO | None = None, seeds_per_process: int = 0) -> SweepOutcome:
+    """Run every job of ``spec`` that is not done yet under ``root``; returns when all have ended.
+    ``seeds_per_process``: see :func:`seed_groups`."""
     stream = stream or sys.stdout
     jobs = spec.jobs()  # validates every config before anything is written
     sweep = SweepDir(Path(root).resolve())  # workers on other nodes get an absolute path
@@ -143,18 +167,23 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
     import ray
 
     n_cpus = _init_ray(address, num_cpus)
-    say(f"Ray: {n_cpus} CPUs{' at ' + address if address else ' (local)'}; one job per CPU, XLA single-threaded")
+    groups = seed_groups(todo, n_cpus, seeds_per_process)
+    grouped = sum(len(g) for g in groups if len(g) > 1)
+    say(f"Ray: {n_cpus} CPUs{' at ' + address if address else ' (local)'}; one process per CPU, XLA single-threaded"
+        + (f"; {grouped} jobs in {sum(len(g) > 1 for g in groups)} seed groups (vmapped seeds)" if grouped else ""))
     task = _ray_task(retries, num_gpus)
-    pending: dict[Any, Job] = {}
-    for job in todo:
-        ref = task.remote(str(sweep.root), job.to_index(), job.config.to_dict(), time.time())
-        pending[ref] = job
-        states[job.job_id] = "queued"
+    pending: dict[Any, list[Job]] = {}
+    for group in groups:
+        ref = task.remote(str(sweep.root), [j.to_index() for j in group], [j.config.to_dict() for j in group],
+                          time.time())
+        pending[ref] = group
+        for job in group:
+            states[job.job_id] = "queued"
     shown: dict[str, str] = {}
     try:
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
-            for job in pending.values():  # running transitions come from the workers' status files
+            for job in (j for group in pending.values() for j in group):  # running: from the status files
                 record = sweep.status(job.job_id)
                 if record.get("state") == "running" and shown.get(job.job_id) != f"running{record.get('attempts')}":
                     shown[job.job_id] = f"running{record.get('attempts')}"
@@ -162,30 +191,21 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
                     attempt = f" (attempt {record['attempts']})" if record.get("attempts", 1) > 1 else ""
                     say(f"  {what:<8} {job.job_id}  {job.label}{attempt}")
             for ref in ready:
-                job = pending.pop(ref)
+                group = pending.pop(ref)
                 try:
-                    record = ray.get(ref)
+                    group_records = ray.get(ref)
                 except ray.exceptions.RayError as err:  # the worker died more often than `retries` allows
                     text = _ANSI.sub("", str(err))
                     line = f"{type(err).__name__}: " + (text.strip().splitlines() or [""])[-1][:300]
-                    record = sweep.write_status(job.job_id, state="failed", error=text[-4000:], error_line=line)
-                state = record.get("state", "failed")
-                states[job.job_id], records[job.job_id] = state, record
-                if state == "done":
-                    detail = "already done" if record.get("skipped") else (
-                        f"{record.get('wall_s', 0):.0f} s, average success {record.get('average_success', float('nan')):.3f}")
-                    say(f"  done     {job.job_id}  {job.label}  ({detail})")
-                elif state == "busy":
-                    holder = record.get("holder") or {}
-                    say(f"  busy     {job.job_id}  {job.label}  (run by pid {holder.get('pid', '?')} on "
-                        f"{holder.get('host', '?')} since {holder.get('since', '?')}; left to it)")
-                else:
-                    say(f"  FAILED   {job.job_id}  {job.label}  {record.get('error_line', '')}")
-                bar.update(1)
+                    group_records = [sweep.write_status(job.job_id, state="failed", error=text[-4000:], error_line=line)
+                                     for job in group]
+                for job, record in zip(group, group_records):
+                    _report(job, record, states, records, say)
+                    bar.update(1)
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref, force=True)
-        for job in pending.values():
+        for job in (j for group in pending.values() for j in group):
             states[job.job_id] = "interrupted"
         say("interrupted: running jobs were stopped; run the same command again to resume them")
     finally:
@@ -193,6 +213,24 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
     outcome = SweepOutcome(sweep.root, states, records, time.perf_counter() - start, n_cpus)
     _print_summary(outcome, by_id, stream)
     return outcome
+
+
+def _report(job: Job, record: dict[str, Any], states: dict[str, str], records: dict[str, dict[str, Any]],
+            say: Any) -> None:
+    """Record a job's final state and print its line."""
+    state = record.get("state", "failed")
+    states[job.job_id], records[job.job_id] = state, record
+    if state == "done":
+        detail = "already done" if record.get("skipped") else (
+            f"{record.get('wall_s', 0):.0f} s, average success {record.get('average_success', float('nan')):.3f}"
+            + (f", in a group of {record['group_size']}" if record.get("group_size", 1) > 1 else ""))
+        say(f"  done     {job.job_id}  {job.label}  ({detail})")
+    elif state == "busy":
+        holder = record.get("holder") or {}
+        say(f"  busy     {job.job_id}  {job.label}  (run by pid {holder.get('pid', '?')} on "
+            f"{holder.get('host', '?')} since {holder.get('since', '?')}; left to it)")
+    else:
+        say(f"  FAILED   {job.job_id}  {job.label}  {record.get('error_line', '')}")
 
 
 def _print_summary(outcome: SweepOutcome, jobs: dict[str, Job], stream: TextIO) -> None:
