@@ -487,13 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
-    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx", "metaworld", "sweep"],
+    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx", "metaworld", "sweep", "seeds"],
                    help="run only this suite (repeatable): update = update phase per actor kind and E, SPHERE "
                         "overhead, throughput; ntk = cost of r_e(K); sbx = env-steps/s against SBX PPO on Hopper-v5 "
                         "and Humanoid-v5 (bench extra); metaworld = the same on metaworld/hammer-v3, with our rate "
                         "over the raw simulator rate (bench extra); sweep = a demo sweep on Ray (wall time vs its jobs, job "
-                        "start-up), sphere results on 1,000 runs, the report's size and load time in Chromium. "
-                        "Default: update, ntk and sbx")
+                        "start-up), sphere results on 1,000 runs, the report's size and load time in Chromium; "
+                        "seeds = 8 seeds of the demo in one process (vmapped) against 1. Default: update, ntk and sbx")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")

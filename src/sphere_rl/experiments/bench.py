@@ -168,7 +168,7 @@ def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, An
     return out
 
 
-BENCH_SUITES = ("update", "ntk", "sbx", "metaworld", "sweep")
+BENCH_SUITES = ("update", "ntk", "sbx", "metaworld", "sweep", "seeds")
 """`update`: update-phase time per actor kind and E, SPHERE overhead, optimiser floor, training throughput;
 `ntk`: cost of r_e(K); `sbx`: end-to-end env-steps/s against SBX PPO on Hopper-v5 and Humanoid-v5;
 `metaworld`: the same against SBX PPO on metaworld/hammer-v3, with the ratio to the raw simulator rate
@@ -213,6 +213,10 @@ def bench_markdown(results: dict[str, Any]) -> str:
         from sphere_rl.experiments.bench_sweep import sweep_markdown
 
         lines += ["", *sweep_markdown(results["sweep"])]
+    if results.get("seeds"):
+        from sphere_rl.experiments.bench_seeds import seeds_markdown
+
+        lines += ["", *seeds_markdown(results["seeds"])]
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +248,10 @@ def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tup
         from sphere_rl.experiments.bench_sweep import bench_sweep
 
         results["sweep"] = bench_sweep(full=not quick)
+    if "seeds" in suites:
+        from sphere_rl.experiments.bench_seeds import bench_seeds
+
+        results["seeds"] = bench_seeds(steps=20_480 if quick else 102_400)
     if "ntk" in suites:
         from sphere_rl.experiments.bench_ntk import bench_ntk
 
