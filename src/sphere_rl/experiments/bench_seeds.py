@@ -1,7 +1,7 @@
 """`sphere bench --suite seeds`: what many seeds in one process (a seed group) cost against one seed.
 
 Each measurement is a fresh child process (so its peak resident memory is its own) training the
-`demo` preset (Top-K MoE, E=4, k=2, 2x64; 64 envs x 32 steps) on the first `tasks` tasks of arm6
+`demo` preset (Top-K MoE, E=4, k=2, 2x64; 64 envs x 32 steps) on `tasks` (default arm2: reach, permute)
 for `steps` steps each, with the demo's evaluation and diagnostics schedule, nothing written to
 disk: 1 seed alone (`Runner`) and N seeds as one `SeedGroup`. Reported: wall time from the start of
 training to the end (start-up and compilation included), its ratio to one seed, the time of one
@@ -73,7 +73,7 @@ def _measure(n: int, tasks: str, steps: int, single_thread: bool) -> dict[str, A
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_seeds(seeds: int = 8, tasks: str = "arm/reach,arm/push", steps: int = 102_400,
+def bench_seeds(seeds: int = 8, tasks: str = "arm2", steps: int = 102_400,
                 single_thread: bool = False) -> dict[str, Any]:
     """1 seed vs `seeds` seeds in one process; see the module docstring."""
     one = _measure(1, tasks, steps, single_thread)
