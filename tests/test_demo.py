@@ -97,3 +97,22 @@ def test_train_seeds_refuses_bad_seed_lists(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("sphere: config error: --seeds") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_quick_demo_end_to_end(tmp_path, capsys):
+    """`sphere demo --quick --seeds 0-1`: both methods' seed groups in two processes, the statistics
+    printed, demo.png / demo.json written, every seed an ordinary finished run."""
+    assert main(["demo", "--quick", "--seeds", "0-1", "--out-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "CRL average" in out and "verdict:" in out and "(95 % bootstrap CI; Welch p =" in out
+    (parent,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    stats = json.loads((parent / "demo.json").read_text())
+    assert stats["methods"] == ["Top-K MoE", "Top-K MoE + SPHERE"] and stats["seeds"] == {"Top-K MoE": 2, "Top-K MoE + SPHERE": 2}
+    assert (parent / "demo.png").stat().st_size > 10_000
+    for method in ("topk_moe", "topk_moe_sphere"):
+        for seed in (0, 1):
+            summary = json.loads((parent / method / f"seed_{seed}" / "summary.json").read_text())
+            assert len(summary["final_success"]) == 2
+    per_seed = stats["average"]["Top-K MoE"]["per_seed"]
+    assert per_seed == [np.mean(json.loads((parent / "topk_moe" / f"seed_{s}" / "summary.json").read_text())["final_success"])
+                        for s in (0, 1)]
