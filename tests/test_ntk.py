@@ -195,3 +195,22 @@ def test_structured_path_compiles_once_per_actor_and_probe_shape():
                                             tuple(range(ACTION_DIM)))]
     assert ntk._cached_gradients_fn.cache_info().currsize == 1
     assert compiled._cache_size() == 1  # new parameter values and states reuse the compiled program
+
+
+def test_lambda_min_condition_and_numerical_rank_against_numpy():
+    """A PSD kernel of rank 5 in 12 dimensions with known eigenvalues: λ_min over the numerical range,
+    the condition number and the rank agree with numpy (matrix_rank with the same tolerance)."""
+    from sphere_rl.diagnostics.ntk import ntk_spectrum
+
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(12, 12)))
+    eigenvalues = np.array([9.0, 4.0, 2.5, 0.5, 0.03] + [0.0] * 7)
+    kernel = (q * eigenvalues) @ q.T
+    spectrum = ntk_spectrum(kernel)
+    tol = 9.0 * 12 * np.finfo(np.float32).eps
+    assert spectrum.zero_tolerance == pytest.approx(tol, rel=1e-9)
+    assert spectrum.numerical_rank == 5 == np.linalg.matrix_rank(kernel, tol=tol)
+    assert spectrum.min_nonzero == pytest.approx(0.03, rel=1e-9)
+    assert spectrum.condition == pytest.approx(9.0 / 0.03, rel=1e-9)
+    zero = ntk_spectrum(np.zeros((4, 4)))
+    assert zero.numerical_rank == 0 and np.isnan(zero.min_nonzero) and np.isnan(zero.condition)

@@ -383,6 +383,31 @@ class NTKSpectrum:
         """The k largest eigenvalues (clipped at 0; zero-padded)."""
         return top_eigenvalues(self.eigenvalues, k)
 
+    @property
+    def zero_tolerance(self) -> float:
+        """Eigenvalues at or below this are numerically zero: λ_max · N · eps(float32), numpy's
+        `matrix_rank` rule with the precision the kernel was computed in (float32 Jacobians)."""
+        lam_max = float(self.eigenvalues.max(initial=0.0))
+        return lam_max * self.eigenvalues.size * float(np.finfo(np.float32).eps)
+
+    @property
+    def numerical_rank(self) -> int:
+        """How many eigenvalues are above :attr:`zero_tolerance`."""
+        return int(np.sum(self.eigenvalues > self.zero_tolerance))
+
+    @property
+    def min_nonzero(self) -> float:
+        """The smallest eigenvalue above :attr:`zero_tolerance` (the λ_min of spectral-plasticity
+        readings); NaN for a zero kernel."""
+        kept = self.eigenvalues[self.eigenvalues > self.zero_tolerance]
+        return float(kept.min()) if kept.size else float("nan")
+
+    @property
+    def condition(self) -> float:
+        """λ_max / :attr:`min_nonzero`: the condition number of K on its numerical range."""
+        lam_min = self.min_nonzero
+        return float(self.eigenvalues.max() / lam_min) if np.isfinite(lam_min) else float("nan")
+
 
 def ntk_spectrum(kernel: np.ndarray) -> NTKSpectrum:
     """Eigenvalues (float64, `eigvalsh` of the symmetrised kernel) and r_e(K)."""

@@ -66,7 +66,8 @@ def diagnose(
 ) -> Diagnosis:
     """Diagnostics of `actor` on the (already normalised) probe states `obs`.
 
-    Keys: `ntk/effective_rank`, `ntk/eig_1..n_top`, `ntk/trace`, `ntk/clipped_fraction`,
+    Keys: `ntk/effective_rank`, `ntk/eig_1..n_top`, `ntk/trace`, `ntk/eig_min` (smallest eigenvalue above
+    the numerical-zero tolerance), `ntk/condition` (λ_max / eig_min), `ntk/numerical_rank`, `ntk/clipped_fraction`,
     `ntk/seconds`, `grad_norm` (RMS over states of the Frobenius norm of ∂f(x)/∂θ, = sqrt(Tr K / N))
     when `ntk`; `proxy/effective_rank`, `proxy/eig_1..n_top` (last hidden layer),
     `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and the keys of every registered
@@ -87,6 +88,9 @@ def diagnose(
         metrics["ntk/effective_rank"] = spectrum.effective_rank
         metrics.update({f"ntk/eig_{i + 1}": v for i, v in enumerate(spectrum.top(n_top).tolist())})
         metrics["ntk/trace"] = spectrum.trace
+        metrics["ntk/eig_min"] = spectrum.min_nonzero
+        metrics["ntk/condition"] = spectrum.condition
+        metrics["ntk/numerical_rank"] = float(spectrum.numerical_rank)
         metrics["ntk/clipped_fraction"] = spectrum.clipped_fraction
         metrics["grad_norm"] = float(np.sqrt(max(spectrum.trace, 0.0) / obs.shape[0]))
         metrics["ntk/seconds"] = time.perf_counter() - start
