@@ -287,8 +287,8 @@ def test_compare_without_extra_says_how_to_install(monkeypatch):
 def test_bench_markdown_renders_the_update_table():
     from sphere_rl.experiments.bench import BENCH_SUITES, DEFAULT_BENCH_SUITES, bench_markdown
 
-    assert set(BENCH_SUITES) == {"update", "ntk", "sbx", "metaworld", "sweep"}
-    assert set(DEFAULT_BENCH_SUITES) == {"update", "ntk", "sbx"}  # metaworld and sweep are opt-in
+    assert set(BENCH_SUITES) == {"update", "ntk", "sbx", "metaworld", "sweep", "seeds"}
+    assert set(DEFAULT_BENCH_SUITES) == {"update", "ntk", "sbx"}  # metaworld, sweep and seeds are opt-in
     row = {"actor": "topk_moe sparse", "n_experts": 10, "n_epochs": 10, "minibatch_steps": 320, "seconds": 2.0,
            "sphere_seconds": 2.1, "sphere_overhead_pct": 5.0, "vs_topk_dense_masked": 0.5, "optimizer_floor_seconds": 0.8}
     results = {"machine": {"processor": "x86_64", "cpu_count": 2, "devices": ["cpu:0"], "jax": "0.10.2", "time": "t"},
@@ -352,3 +352,16 @@ def test_cli_bench_leaves_metaworld_out_unless_asked(monkeypatch, argv, suites):
     args = cli.build_parser().parse_args(argv)
     assert args.func(args) == 0
     assert seen["suites"] == suites
+
+
+def test_bench_markdown_renders_the_seeds_table():
+    from sphere_rl.experiments.bench import bench_markdown
+
+    seeds = {"tasks": "arm2", "steps_per_task": 102400, "single_thread": False, "seeds": 8,
+             "one": {"wall_s": 10.0, "iteration_s": 0.05, "peak_rss_gib": 0.6},
+             "many": {"wall_s": 30.0, "iteration_s": 0.25, "peak_rss_gib": 0.9},
+             "wall_ratio": 3.0, "iteration_ratio": 5.0, "per_seed_speedup": 8 / 3.0}
+    text = bench_markdown({"machine": {"processor": "x86_64", "cpu_count": 2, "devices": ["cpu:0"], "jax": "0.10.2",
+                                       "time": "t"}, "seeds": seeds})
+    assert "| 8 seeds, one process | 30.0 | 3.00x | 250.0 | 0.90 |" in text
+    assert "Per-seed throughput: 2.67x one seed alone." in text

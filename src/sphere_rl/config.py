@@ -230,6 +230,12 @@ class DiagConfig:
     """ReDo threshold for dormant units."""
     memory_budget_mb: int = 2048
     """Memory the eNTK may use for Jacobian chunks / layer gradients."""
+    fit_steps: int = 200
+    """Target-fitting probe (Lyle et al. 2022) at every task end and at initialisation: Adam steps a copy
+    of the actor takes to regress fresh random targets on the probe states (`fit/auc`, `fit/final` in
+    diagnostics.csv); 0: off."""
+    fit_lr: float = 1e-3
+    """Learning rate of the target-fitting probe's Adam."""
 
 
 @dataclass(frozen=True)
@@ -518,6 +524,8 @@ def _validate(cfg: Config) -> None:
     _check(d.every >= 0, "diag.every", "must be >= 0 (0: at every evaluation)", d.every)
     for fname in ("n_states", "probe_steps", "n_top", "memory_budget_mb"):
         _check(getattr(d, fname) >= 1, f"diag.{fname}", "must be >= 1", getattr(d, fname))
+    _check(0 <= d.fit_steps <= 100_000, "diag.fit_steps", "must be in [0, 100000] (0: off)", d.fit_steps)
+    _check(0 < d.fit_lr <= 1.0, "diag.fit_lr", "must be in (0, 1]", d.fit_lr)
     _check(d.n_states <= 65_536, "diag.n_states", "must be <= 65536 (the eNTK is N x N)", d.n_states)
     _check(d.ntk_method in ("structured", "generic"), "diag.ntk_method", "must be 'structured' or 'generic'", d.ntk_method)
     _check(d.ntk_reduction in ("trace", "full"), "diag.ntk_reduction", "must be 'trace' or 'full'", d.ntk_reduction)

@@ -63,6 +63,8 @@ def diagnose(
     n_top: int = 3,
     dormant_tau: float = 0.025,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    fit_steps: int = 0,
+    fit_lr: float = 1e-3,
 ) -> Diagnosis:
     """Diagnostics of `actor` on the (already normalised) probe states `obs`.
 
@@ -72,7 +74,8 @@ def diagnose(
     when `ntk`; `proxy/effective_rank`, `proxy/eig_1..n_top` (last hidden layer),
     `proxy/effective_rank/layer_l` (every hidden layer); `n_states`; and the keys of every registered
     metric family (`METRICS`; by default `plasticity_metrics`).
-    `anchor_params` (the actor at the task's start) adds the weight-change metrics.
+    `anchor_params` (the actor at the task's start) adds the weight-change metrics. `fit_steps` > 0 adds
+    the target-fitting probe (`fit/auc`, `fit/final`, `fit/initial_loss`; `diagnostics.fitting`).
     MoE actors are measured with dense dispatch (same function; every expert's features on every state).
     """
     actor = with_dense_dispatch(actor)
@@ -105,5 +108,11 @@ def diagnose(
         metrics[f"proxy/effective_rank/layer_{layer}"] = effective_rank(eigenvalues)
     for fn in METRICS.values():
         metrics.update(fn(out, actor_params, anchor_params, dormant_tau=dormant_tau))
+    if fit_steps:
+        from sphere_rl.diagnostics.fitting import fit_random_targets
+
+        start = time.perf_counter()
+        metrics.update(fit_random_targets(actor, actor_params, obs, jax.random.PRNGKey(0), steps=fit_steps, lr=fit_lr))
+        metrics["fit/seconds"] = time.perf_counter() - start
     return Diagnosis(metrics={k: float(v) for k, v in metrics.items()}, ntk_eigenvalues=ntk_eigenvalues,
                      proxy_eigenvalues=last)

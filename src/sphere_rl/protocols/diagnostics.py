@@ -111,10 +111,11 @@ class RunDiagnostics:
                 atomic_write_bytes(anchor_path, anchor_bytes)
         return probe
 
-    def measure(self, agent: Any, task_index: int, *, full: bool = True) -> Diagnosis:
+    def measure(self, agent: Any, task_index: int, *, full: bool = True, fit: bool = False) -> Diagnosis:
         """Diagnostics of the agent's actor on the task's probe set (normalised as the policy sees it).
 
-        `full=False` skips the eNTK and follows `diag.ntk` otherwise.
+        `full=False` skips the eNTK and follows `diag.ntk` otherwise; `fit` adds the target-fitting
+        probe (`diag.fit_steps` Adam steps; none when 0).
         """
         d = self.cfg.diag
         obs = self.ppo.normalize_obs(agent, jax.numpy.asarray(self.probes[task_index].states))
@@ -123,4 +124,5 @@ class RunDiagnostics:
             anchor_params=self.anchors.get(task_index),
             ntk=full and d.ntk, ntk_method=d.ntk_method, ntk_reduction=d.ntk_reduction, n_top=d.n_top,
             dormant_tau=d.dormant_tau, memory_budget=d.memory_budget_mb * 1024**2,
+            fit_steps=d.fit_steps if fit else 0, fit_lr=d.fit_lr,
         )

@@ -185,7 +185,7 @@ class Runner:
         enabled = self.cfg.diag.enabled
         if not enabled and not task_end:
             return
-        diagnosis = self.diagnostics.measure(agent, t, full=enabled)
+        diagnosis = self.diagnostics.measure(agent, t, full=enabled, fit=enabled and task_end)
         metrics = diagnosis.metrics
         if logger and enabled:
             logger.log("diag", {
@@ -205,7 +205,7 @@ class Runner:
         state["initial"] = {"ntk_rank": None, "ntk_top": []}
         if not self.cfg.diag.enabled:
             return
-        diagnosis = self.diagnostics.measure(agent, 0, full=True)
+        diagnosis = self.diagnostics.measure(agent, 0, full=True, fit=True)
         metrics = diagnosis.metrics
         if logger:
             logger.log("diag", {"env_step": 0, "task_index": 0, "task": self.tasks[0], "task_step": 0,
