@@ -1,5 +1,5 @@
 """The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity,
-sweep, results, compare, report."""
+sweep, results, compare, correlate, report."""
 
 from __future__ import annotations
 
@@ -368,6 +368,23 @@ def _check_reps(reps: int) -> None:
         raise ConfigError(f"--reps (bootstrap resamples) must be in [100, 1000000], got {reps}")
 
 
+def cmd_correlate(args: argparse.Namespace) -> int:
+    from sphere_rl.results.plasticity import SPECTRAL, probe_correlations
+    from sphere_rl.results.table import load_results
+
+    if not 100 <= args.reps <= 1_000_000:
+        raise ConfigError(f"--reps must be in [100, 1000000], got {args.reps}")
+    results = load_results(args.path, sources=("diagnostics",))
+    table = probe_correlations(results, probe=args.probe, against=tuple(args.against or SPECTRAL), reps=args.reps)
+    if table.empty or int(table["n_rows"].max()) == 0:
+        raise ConfigError(f"no diagnostics row of {args.path} has {args.probe!r} (the target-fitting probe is logged "
+                          "at initialisation and task ends when diag.fit_steps > 0)")
+    print(f"Spearman rho of {args.probe} with each metric, over every (run, env step) where it was measured; "
+          f"95 % CI from resampling runs ({args.reps} draws); p_rows treats rows as independent")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from sphere_rl.results.compare import compare_report
     from sphere_rl.results.table import load_results
@@ -550,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", default=None, help="the level of --by to compare against (default: the first)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("correlate", help="does a spectral number track how fast the network still learns? "
+                                         "Spearman of the plasticity probe with r_e(K), r_e(A), lambda_min, condition")
+    p.add_argument("path", help="a sweep directory, a folder of runs, or one run")
+    p.add_argument("--probe", default="fit/auc", help="the probe column of diagnostics.csv (default fit/auc)")
+    p.add_argument("--against", action="append", help="a diagnostics column (repeatable; default: r_e(K), r_e(A), "
+                                                      "ntk/eig_min, ntk/condition)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of runs")
+    p.set_defaults(func=cmd_correlate)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a sweep: tables, figures, 3D update geometry")
     p.add_argument("path", help="a sweep directory or a folder of runs")
