@@ -62,8 +62,9 @@ def test_a_group_equals_its_seeds_run_alone_up_to_float_rounding(group_runs, alo
     """Vmapped programs are compiled differently from the single-seed one (other fusions and loop
     orders), so results agree to float32 rounding at the first update and drift slowly after: the
     first update's loss to 1e-6 relative; every logged number, over the whole run, to 1e-3 of its
-    column's largest magnitude (so that values crossing zero are judged on the column's scale), except
-    the loss-share ratios, whose denominator |L_pi + c_ent L_ent| passes near zero (rounding there is
+    column's largest magnitude (so that values crossing zero are judged on the column's scale; 1e-2 for
+    the target-fitting probe, which amplifies them through its own 200 Adam steps), except the
+    loss-share ratios, whose denominator |L_pi + c_ent L_ent| passes near zero (rounding there is
     amplified without bound); integer and text columns exactly."""
     _, group_dirs, _ = group_runs
     ratios = {"reg/loss_share"}
@@ -74,11 +75,16 @@ def test_a_group_equals_its_seeds_run_alone_up_to_float_rounding(group_runs, alo
             assert [r.keys() for r in a] == [r.keys() for r in b]
             for k in a[0].keys() - TIMING - ratios:
                 va, vb = [r[k] for r in a], [r[k] for r in b]
-                if all(isinstance(v, float) for v in va + vb):
-                    va, vb = np.asarray(va), np.asarray(vb)
+                present = [v for v in va + vb if v is not None]
+                if present and all(isinstance(v, float) for v in present):  # empty cells: measured on some rows
+                    va = np.asarray([np.nan if v is None else v for v in va])
+                    vb = np.asarray([np.nan if v is None else v for v in vb])
                     scale = np.nanmax(np.abs(va)) if np.isfinite(va).any() else 0.0
                     assert np.array_equal(np.isnan(va), np.isnan(vb)), (name, k)
-                    ok = np.isnan(va) | (np.abs(va - vb) <= 1e-3 * scale + 1e-6)
+                    # the target-fitting probe takes 200 Adam steps from the seed's parameters: their
+                    # rounding differences grow through those steps, so its columns get 1e-2
+                    rel = 1e-2 if k.startswith("fit/") else 1e-3
+                    ok = np.isnan(va) | (np.abs(va - vb) <= rel * scale + 1e-6)
                     assert ok.all(), (name, k, va[~ok], vb[~ok])
                 else:
                     assert va == vb, (name, k)

@@ -111,8 +111,6 @@ def diagnose(
     if fit_steps:
         from sphere_rl.diagnostics.fitting import fit_random_targets
 
-        start = time.perf_counter()
         metrics.update(fit_random_targets(actor, actor_params, obs, jax.random.PRNGKey(0), steps=fit_steps, lr=fit_lr))
-        metrics["fit/seconds"] = time.perf_counter() - start
     return Diagnosis(metrics={k: float(v) for k, v in metrics.items()}, ntk_eigenvalues=ntk_eigenvalues,
                      proxy_eigenvalues=last)
