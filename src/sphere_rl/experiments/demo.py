@@ -58,14 +58,10 @@ def _train_group(preset_name: str, extra: list[str], seeds: list[int], root: str
 
 
 def _logged_steps(root: Path) -> int:
-    total = 0
-    for metrics in root.glob("*/seed_*/metrics.csv"):
-        try:
-            last = metrics.read_text().rstrip("\n").rsplit("\n", 1)[-1].split(",", 1)[0]
-            total += int(last) if last.isdigit() else 0
-        except OSError:
-            pass
-    return total
+    """Env steps logged so far by every seed of every method under `root` (the progress bar)."""
+    from sphere_rl.runs.logger import last_env_step
+
+    return sum(max(last_env_step(path), 0) for path in root.glob("*/seed_*/metrics.csv"))
 
 
 def run_demo(out_dir: str = "runs/demo", seeds: tuple[int, ...] = (0, 1, 2, 3, 4), quick: bool = False,

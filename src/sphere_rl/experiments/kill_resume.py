@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sphere_rl.runs.logger import read_metrics
+from sphere_rl.runs.logger import last_env_step, read_metrics
 
 __all__ = ["LONGER_CRL", "SMALL_CRL", "compare_runs", "kill_point_trial", "random_trials", "train_argv"]
 
@@ -87,7 +87,7 @@ def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: fl
                     proc.send_signal(signal.SIGKILL)
             elif kill_at_step is not None:
                 run, step, jitter = kill_at_step
-                while proc.poll() is None and _logged_step(run) < step:
+                while proc.poll() is None and last_env_step(run / "metrics.csv") < step:
                     time.sleep(0.02)
                 if proc.poll() is None:
                     time.sleep(jitter)
@@ -99,18 +99,6 @@ def _run_child(argv: list[str], kill_after_s: float | None = None, timeout_s: fl
     if proc.returncode not in (0, -signal.SIGKILL):
         raise RuntimeError(f"child failed with exit code {proc.returncode}: {' '.join(argv)}\n{err[-2000:]}")
     return proc.returncode
-
-
-def _logged_step(run: Path) -> int:
-    """The last env step in `run/metrics.csv` (-1 when there is none yet)."""
-    try:
-        lines = (run / "metrics.csv").read_text().splitlines()
-    except (FileNotFoundError, UnicodeDecodeError):
-        return -1
-    if len(lines) < 2:
-        return -1
-    first = lines[-1].split(",", 1)[0]
-    return int(first) if first.isdigit() else -1
 
 
 def _table(path: Path) -> list[dict[str, Any]] | None:

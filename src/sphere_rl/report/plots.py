@@ -17,6 +17,14 @@ from sphere_rl.runs.atomic import atomic_write_bytes  # noqa: E402
 from sphere_rl.runs.logger import read_metrics  # noqa: E402
 
 
+def _write_png(fig: plt.Figure, path: str | Path) -> Path:
+    """Render `fig` as a 120-dpi PNG written atomically to `path`, then close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
 def plot_crl_comparison(results: dict[str, Any], path: str | Path) -> Path:
     """Three panels: final success per task, proxy r_e(A) at each task end, and the success of the
     task being trained over env steps (from each run's eval.csv)."""
@@ -48,10 +56,7 @@ def plot_crl_comparison(results: dict[str, Any], path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     fig.suptitle("Continual RL on the built-in arm suite")
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _write_png(fig, path)
 
 
 def plot_seed_comparison(runs: dict[str, list[str | Path]], stats: dict[str, Any], path: str | Path) -> Path:
@@ -111,7 +116,4 @@ def plot_seed_comparison(runs: dict[str, list[str | Path]], stats: dict[str, Any
                   f"Welch p = {diff['welch_p']:.2g} ({n} seeds)")
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return _write_png(fig, path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from sphere_rl.runs.atomic import atomic_write_text
 
-__all__ = ["CSV_FILES", "MetricsLogger", "read_metrics"]
+__all__ = ["CSV_FILES", "MetricsLogger", "last_env_step", "read_metrics"]
 
 CSV_FILES: dict[str, str] = {"train": "metrics.csv", "eval": "eval.csv", "diag": "diagnostics.csv"}
 _INT_RE = re.compile(r"^[+-]?\d+$")
@@ -72,6 +72,17 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(path)
     header, rows, _ = _split_complete(path.read_text(encoding="utf-8"), path)
     return [{k: _parse_cell(c) for k, c in zip(header, row)} for row in rows]
+
+
+def last_env_step(path: str | os.PathLike[str]) -> int:
+    """The `env_step` (first column) of the last row of a CSV log that is being written, cheaply and
+    without warnings (for progress polling); -1 when the file or a row is not there yet."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return -1
+    first = lines[-1].split(",", 1)[0] if len(lines) >= 2 else ""
+    return int(first) if first.isdigit() else -1
 
 
 def _scalar(key: str, value: Any) -> Any:
