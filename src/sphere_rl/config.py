@@ -236,6 +236,15 @@ class DiagConfig:
     diagnostics.csv); 0: off."""
     fit_lr: float = 1e-3
     """Learning rate of the target-fitting probe's Adam."""
+    rl_probe_steps: int = 0
+    """RL plasticity probe: at initialisation and every task end a copy of the agent trains this many env
+    steps (rounded up to whole rollouts) on the held-out task `rl_probe_task`, starting as a CRL task
+    switch would (`run.reset_optimizer`, the task-start hooks), and is thrown away; its learning curve
+    gives `rlprobe/*` in diagnostics.csv. 0: off (it costs these steps at every probe point)."""
+    rl_probe_task: str = "auto"
+    """The RL probe's task: an env id with the run's observation and action sizes, or `auto`: the
+    held-out task of the sequence's family (`arm/heldout` for the built-in suite, `humanoidbench/h1-stair`
+    for H1)."""
 
 
 @dataclass(frozen=True)
@@ -444,6 +453,22 @@ def _path_ok(path: str) -> bool:
     return b"\0" not in raw and all(len(part) <= _NAME_MAX for part in raw.split(os.fsencode(os.sep)))
 
 
+def rl_probe_task(cfg: Config) -> str | None:
+    """The RL plasticity probe's env id (`diag.rl_probe_task`, `auto` resolved), None when it is off
+    (`diag.rl_probe_steps` 0 or diagnostics off) or `auto` finds no held-out task."""
+    from sphere_rl import envs
+
+    d = cfg.diag
+    if not (d.enabled and d.rl_probe_steps):
+        return None
+    if d.rl_probe_task == "auto":
+        return envs.heldout_task(envs.resolve_sequence(cfg.run.tasks))
+    try:
+        return envs.validate_env_id(d.rl_probe_task)
+    except ValueError as err:
+        raise ConfigError(f"diag.rl_probe_task: {err}") from None
+
+
 def _validate(cfg: Config) -> None:
     from sphere_rl import envs, nets, regularizers  # registries; imported lazily to avoid cycles
 
@@ -526,6 +551,11 @@ def _validate(cfg: Config) -> None:
         _check(getattr(d, fname) >= 1, f"diag.{fname}", "must be >= 1", getattr(d, fname))
     _check(0 <= d.fit_steps <= 100_000, "diag.fit_steps", "must be in [0, 100000] (0: off)", d.fit_steps)
     _check(0 < d.fit_lr <= 1.0, "diag.fit_lr", "must be in (0, 1]", d.fit_lr)
+    _check(0 <= d.rl_probe_steps <= 100_000_000, "diag.rl_probe_steps", "must be in [0, 100000000] (0: off)",
+           d.rl_probe_steps)
+    if d.enabled and d.rl_probe_steps:
+        _check(bool(rl_probe_task(cfg)), "diag.rl_probe_task",
+               f"must name an env id: {run.tasks!r} has no held-out task for `auto`", d.rl_probe_task)
     _check(d.n_states <= 65_536, "diag.n_states", "must be <= 65536 (the eNTK is N x N)", d.n_states)
     _check(d.ntk_method in ("structured", "generic"), "diag.ntk_method", "must be 'structured' or 'generic'", d.ntk_method)
     _check(d.ntk_reduction in ("trace", "full"), "diag.ntk_reduction", "must be 'trace' or 'full'", d.ntk_reduction)

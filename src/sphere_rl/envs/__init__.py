@@ -27,12 +27,14 @@ from sphere_rl.envs.gym_adapter import GymVectorAdapter
 from sphere_rl.envs.jax_vector import JaxVectorEnv
 from sphere_rl.envs.registry import (
     GYM_PREFIX,
+    HELDOUT_BY_FAMILY,
     EnvSpec,
     NotJaxNativeError,
     SequenceSpec,
     UnknownEnvError,
     env_spec,
     functional_sequence,
+    heldout_task,
     is_jax_native,
     list_envs,
     list_sequences,
@@ -48,6 +50,7 @@ from sphere_rl.envs.registry import (
 __all__ = [
     "ARM",
     "GYM_PREFIX",
+    "HELDOUT_BY_FAMILY",
     "ArmEnv",
     "ArmParams",
     "ArmState",
@@ -66,6 +69,7 @@ __all__ = [
     "env_spec",
     "fingertip_position",
     "functional_sequence",
+    "heldout_task",
     "is_jax_native",
     "jit_batch_reset",
     "jit_batch_step",

@@ -254,3 +254,17 @@ def functional_sequence(name_or_ids: str | Sequence[str]) -> tuple[FunctionalEnv
     if mixed:
         raise ValueError(f"sequence {env_ids} mixes env families; {mixed} differ from {env_ids[0]!r}")
     return functional, tuple(params for _, params in pairs)
+
+
+HELDOUT_BY_FAMILY: dict[str, str] = {"arm/": "arm/heldout", "humanoidbench/h1-": "humanoidbench/h1-stair"}
+"""Training-task prefix -> the held-out task of that family (in no sequence): the paper's held-out
+feature analysis (HumanoidBench's *stair*) and the RL plasticity probe (`diag.rl_probe_task`) use it."""
+
+
+def heldout_task(tasks: Sequence[str]) -> str | None:
+    """The held-out task of the family of ``tasks`` (None when the family has none, or it is in ``tasks``)."""
+    for prefix, heldout in HELDOUT_BY_FAMILY.items():
+        if tasks and all(t.startswith(prefix) for t in tasks) and heldout not in tasks:
+            return heldout
+    return None
+

@@ -18,16 +18,12 @@ from sphere_rl import envs
 
 __all__ = ["heldout_states", "heldout_features", "default_heldout", "HELDOUT_BY_FAMILY"]
 
-HELDOUT_BY_FAMILY = {"arm/": "arm/heldout", "humanoidbench/h1-": "humanoidbench/h1-stair"}
-"""Training-task prefix -> the held-out task of that family (in no sequence)."""
+HELDOUT_BY_FAMILY = envs.HELDOUT_BY_FAMILY
 
 
 def default_heldout(tasks: list[str]) -> str | None:
-    """The held-out task of the family of ``tasks`` (None when the family has none)."""
-    for prefix, heldout in HELDOUT_BY_FAMILY.items():
-        if tasks and all(t.startswith(prefix) for t in tasks) and heldout not in tasks:
-            return heldout
-    return None
+    """The held-out task of the family of ``tasks`` (None when the family has none): `envs.heldout_task`."""
+    return envs.heldout_task(tasks)
 
 
 @functools.lru_cache(maxsize=8)

@@ -23,14 +23,14 @@ from sphere_rl import envs
 from sphere_rl.algo.gym_loop import GymLoop
 from sphere_rl.algo.jax_loop import JaxLoop
 from sphere_rl.algo.ppo import PPO, all_finite
-from sphere_rl.config import Config
+from sphere_rl.config import Config, ConfigError, rl_probe_task
 from sphere_rl.protocols.continual_metrics import ContinualMetrics, continual_metrics, reference_curves
 from sphere_rl.protocols.diagnostics import RunDiagnostics
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_text
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
-_INIT, _TASK, _EVAL, _PROBE = 0, 1, 2, 3
+_INIT, _TASK, _EVAL, _PROBE, _RL_PROBE = 0, 1, 2, 3, 4
 CONTINUAL_METRICS_FILE = "continual_metrics.csv"
 EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
 
@@ -123,6 +123,12 @@ class Runner:
                 raise ValueError(f"run.tasks: all tasks of a run need the same observation and action sizes, got {sorted(spaces)}")
             self.obs_dim, self.action_dim = spaces.pop()
             self.ppo = PPO(cfg, self.obs_dim, self.action_dim)
+        self.rl_probe_task = rl_probe_task(self.cfg)
+        """The RL plasticity probe's env id (`diag.rl_probe_task` resolved), None when the probe is off."""
+        if self.rl_probe_task is not None and share is None and self._space_of(self.rl_probe_task) != (
+                self.obs_dim, self.action_dim):
+            raise ConfigError(f"diag.rl_probe_task: {self.rl_probe_task} has observation and action sizes "
+                              f"{self._space_of(self.rl_probe_task)}, the run's tasks {(self.obs_dim, self.action_dim)}")
         self.base_key = jax.random.PRNGKey(cfg.seed)
         self.diagnostics = RunDiagnostics(self.cfg, self.ppo, run_dir, jax.random.fold_in(self.base_key, _PROBE))
         self._all_finite = share._all_finite if share is not None else jax.jit(all_finite)
@@ -180,13 +186,53 @@ class Runner:
         out = jax.device_get(loop.evaluate(agent, params, self._eval_key(task_index)))
         return {"return": float(out["return"]), "success": float(out["success"])}
 
-    def _diagnose(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool) -> None:
-        """Log a diagnostics row when due; at a task end also record the summary's spectral numbers."""
+    def _rl_probe(self, agent: Any, t: int, state: dict[str, Any]) -> Generator[Call, Any, dict[str, float]]:
+        """The RL plasticity probe of `agent` after task `t` (-1: at initialisation); {} when it is off.
+
+        A copy of the agent starts the held-out task as a CRL task switch would (`run.reset_optimizer`,
+        then `PPO.start_task`), is evaluated, trains `diag.rl_probe_steps` env steps (whole rollouts, the
+        task's learning-rate schedule from its start) and is evaluated again; the copy is then dropped,
+        so the run itself is unchanged. Its calls are yielded like the run's own, so a seed group
+        computes the probes of all its seeds together."""
+        task = self.rl_probe_task
+        if task is None:
+            return {}
+        cfg = self.cfg
+        loop, params = self.loop_for(task)
+        key = jax.random.fold_in(jax.random.fold_in(self.base_key, _RL_PROBE), t + 1)
+        probe = self.ppo.reset_optimizer(agent) if cfg.run.reset_optimizer else agent
+        probe = self.ppo.start_task(probe)
+        where = (t, state["iteration"], 2)
+        eval_key = jax.random.fold_in(key, 1)
+        before = jax.device_get((yield Call("evaluate", loop, (probe, eval_key), (params,), (*where, 0, id(params)))))
+        probe, carry = loop.start(probe, jax.random.fold_in(key, 0), params)
+        successes, returns = [], []
+        for i in range(-(-cfg.diag.rl_probe_steps // cfg.batch_size)):
+            lr = float(self.ppo.iteration_learning_rate(i))
+            probe, carry, metrics = yield Call("iteration", loop, (probe, carry), (params, jnp.asarray(lr, jnp.float32)),
+                                               (*where, 1, i, id(params), lr))
+            metrics = jax.device_get(metrics)
+            episodes = float(metrics.get("episodes", 0.0))
+            successes.append(float(metrics["episode_success_sum"]) / episodes if episodes else np.nan)
+            returns.append(float(metrics["episode_return_sum"]) / episodes if episodes else np.nan)
+        after = jax.device_get((yield Call("evaluate", loop, (probe, eval_key), (params,), (*where, 2, id(params)))))
+        if not any(lp is loop for name, (lp, _) in self._loops.items() if name in self.tasks):
+            loop.close()  # a host env of its own (the training tasks' loops are closed at their ends)
+        return {
+            "rlprobe/initial": float(before["success"]), "rlprobe/final": float(after["success"]),
+            "rlprobe/auc": _nanmean(successes), "rlprobe/initial_return": float(before["return"]),
+            "rlprobe/final_return": float(after["return"]), "rlprobe/return_auc": _nanmean(returns),
+        }
+
+    def _diagnose(self, agent: Any, t: int, state: dict[str, Any], logger: Any, task_end: bool,
+                  extra: dict[str, float] | None = None) -> None:
+        """Log a diagnostics row when due; at a task end also record the summary's spectral numbers.
+        `extra`: more columns for the row (the RL probe's)."""
         enabled = self.cfg.diag.enabled
         if not enabled and not task_end:
             return
         diagnosis = self.diagnostics.measure(agent, t, full=enabled, fit=enabled and task_end)
-        metrics = diagnosis.metrics
+        metrics = {**diagnosis.metrics, **(extra or {})}
         if logger and enabled:
             logger.log("diag", {
                 "env_step": state["env_step"], "task_index": t, "task": self.tasks[t],
@@ -200,13 +246,15 @@ class Runner:
             state["ntk_top"].append([metrics[f"ntk/eig_{i + 1}"] for i in range(n_top)] if has_ntk else [])
             state["task_end_diag"].append(metrics)
 
-    def _diagnose_initial(self, agent: Any, state: dict[str, Any], logger: Any) -> None:
-        """The untrained agent on task 0's probe set: the spectrum every method starts from (env step 0)."""
+    def _diagnose_initial(self, agent: Any, state: dict[str, Any], logger: Any,
+                          extra: dict[str, float] | None = None) -> None:
+        """The untrained agent on task 0's probe set: the spectrum every method starts from (env step 0).
+        `extra`: more columns for the row (the RL probe's)."""
         state["initial"] = {"ntk_rank": None, "ntk_top": []}
         if not self.cfg.diag.enabled:
             return
         diagnosis = self.diagnostics.measure(agent, 0, full=True, fit=True)
-        metrics = diagnosis.metrics
+        metrics = {**diagnosis.metrics, **(extra or {})}
         if logger:
             logger.log("diag", {"env_step": 0, "task_index": 0, "task": self.tasks[0], "task_step": 0,
                                 "task_end": False, **metrics})
@@ -309,7 +357,8 @@ class Runner:
                     agent, carry = self._start_task(agent, t)
                 self.diagnostics.start_task(t, task, agent, loop, params)
                 if t == 0 and state["env_step"] == 0 and "initial" not in state:
-                    self._diagnose_initial(agent, state, logger)
+                    probed = yield from self._rl_probe(agent, -1, state)
+                    self._diagnose_initial(agent, state, logger, probed)
                 bar.set_description(f"task {t + 1}/{len(self.tasks)} {task}")
                 while state["task_index"] == t:
                     it = state["iteration"]
@@ -342,7 +391,8 @@ class Runner:
                     if _crossed(before, after, cfg.run.eval_every) or last:
                         yield from self._evaluate_seen(agent, t, state, logger, task_end=last)
                     if _crossed(before, after, self.diagnostics.every) or last:
-                        self._diagnose(agent, t, state, logger, task_end=last)
+                        probed = (yield from self._rl_probe(agent, t, state)) if last else {}
+                        self._diagnose(agent, t, state, logger, task_end=last, extra=probed)
                     if last:
                         state["task_index"], state["iteration"] = t + 1, 0
                         self._finish_task(t)
@@ -495,3 +545,10 @@ def _train_row(state: dict[str, Any], task: str, t: int, batch: int, window_seco
     row["steps_per_s"] = 0.0 if window_seconds <= 0 else n_iter * batch / window_seconds
     row["wall_time_s"] = total_seconds
     return row
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN when there are none."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
