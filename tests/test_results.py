@@ -164,6 +164,22 @@ def test_compare_matches_direct_statistics(sweep, capsys):
     assert main(["compare", str(sweep), "--by", "net.actor"]) == 2  # does not vary: a usage error
 
 
+def test_compare_by_two_fields_compares_their_combinations(sweep):
+    """`--by reg.name,run.protocol`: the four combinations are the levels, against the first (none/crl)."""
+    res = load_results(sweep, complete_only=True)
+    (group,) = compare_groups(res, by="reg.name,run.protocol", reps=200)
+    raw = group.raw
+    assert group.label == "all runs" and sorted(raw.index) == ["none/crl", "none/rl", "sphere/crl", "sphere/rl"]
+    x = np.array([np.mean(success("sphere", "rl", s)) for s in range(4)])
+    y = np.array([np.mean(success("none", "crl", s)) for s in range(4)])
+    assert raw.loc["sphere/rl", "difference"] == pytest.approx(x.mean() - y.mean())
+    assert raw.loc["sphere/rl", "welch_p"] == pytest.approx(sps.ttest_ind(x, y, equal_var=False).pvalue)
+    combined, name = res.combine(["reg.name", "run.protocol"])
+    assert name == "reg.name+run.protocol" and combined.cell_columns == [name]
+    with pytest.raises(ValueError, match="net.nope is not a config field"):
+        compare_groups(res, by="reg.name,net.nope")
+
+
 def test_figures_show_the_numbers(sweep):
     res = load_results(sweep, complete_only=True)
     fig = F.success_bars(res)

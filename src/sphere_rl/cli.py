@@ -561,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="statistics of a sweep: per cell mean, IQM with 95%% CIs, tests against a baseline")
     p.add_argument("path", help="a sweep directory or a folder of runs")
-    p.add_argument("--by", default="reg.name", help="the config field to compare (default reg.name)")
+    p.add_argument("--by", default="reg.name", help="the config field to compare (default reg.name); several, comma-separated (reg.name,reg.mode), compare their combinations")
     p.add_argument("--metric", default="average_success",
                    help="per-run value: average_success (default), cw.forgetting, cw.forward_transfer, ...")
     p.add_argument("--baseline", default=None, help="the level of --by to compare against (default: the first)")

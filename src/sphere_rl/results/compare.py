@@ -92,7 +92,9 @@ class GroupComparison:
 
 def compare_groups(results: Results, *, by: str = "reg.name", metric: str = "average_success",
                    baseline: Any = None, reps: int = 2000, seed: int = 0) -> list[GroupComparison]:
-    """Compare the levels of ``by`` within every combination of the other cell columns."""
+    """Compare the levels of ``by`` within every combination of the other cell columns. ``by`` may name
+    several fields, comma-separated (``reg.name,reg.mode``): their combinations are the levels."""
+    results, by = results.combine(f.strip() for f in by.split(",") if f.strip())
     if by not in results.cell_columns:
         varying = ", ".join(results.cell_columns) or "none"
         raise ValueError(f"--by {by!r} does not vary between the runs (fields that vary: {varying})")

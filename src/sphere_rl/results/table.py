@@ -97,6 +97,27 @@ class Results:
                        long=self.long[self.long["run"].isin(keep)].reset_index(drop=True),
                        constant_config=self.constant_config, root=self.root)
 
+    def combine(self, fields: Iterable[str]) -> tuple["Results", str]:
+        """The same results with the config fields ``fields`` replaced by one cell column, named by the
+        fields joined with ``+`` and holding their values joined with ``/`` (``reg.name+reg.mode``:
+        ``none/loss``, ``sphere/grad``): several fields compared as one (`sphere compare --by a,b`)."""
+        fields = list(dict.fromkeys(fields))
+        missing = [f for f in fields if f not in self.runs.columns]
+        if missing:
+            raise ValueError(f"--by {','.join(fields)!r}: {', '.join(missing)} is not a config field of these runs")
+        if len(fields) == 1:
+            return self, fields[0]
+        name = "+".join(fields)
+
+        def joined(frame: pd.DataFrame) -> pd.Series:
+            return frame[fields].astype(str).agg("/".join, axis=1)
+
+        runs = self.runs.copy()
+        runs[name] = joined(runs)
+        long = self.long.drop(columns=[f for f in fields if f in self.long.columns])
+        long[name] = self.long["run"].map(runs.set_index("run")[name])
+        return Results(runs=runs, long=long, constant_config=self.constant_config, root=self.root), name
+
     def complete(self) -> "Results":
         """The same results restricted to complete runs (summary.json written)."""
         return self.subset(self.runs.loc[self.runs["complete"], "run"])
