@@ -180,6 +180,39 @@ def test_compare_by_two_fields_compares_their_combinations(sweep):
         compare_groups(res, by="reg.name,net.nope")
 
 
+def test_study_table_matches_direct_statistics(sweep, tmp_path, capsys):
+    """`sphere study` on the synthetic sweep: every estimate recomputed from the known successes."""
+    from sphere_rl.experiments.study import study_table, write_study
+
+    res = load_results(sweep)
+    table = study_table(res, reps=300).set_index("method")
+    assert table.attrs["baseline"] == "none" and list(table.index) == ["none", "sphere"]
+    avg = {(m, p): np.array([np.mean(success(m, p, s)) for s in range(4)]) for m in ("none", "sphere") for p in ("rl", "crl")}
+    row = table.loc["sphere"]
+    assert row["n_crl"] == row["n_rl"] == 4  # the incomplete CRL run is left out
+    assert row["crl"] == pytest.approx(avg["sphere", "crl"].mean()) and row["rl"] == pytest.approx(avg["sphere", "rl"].mean())
+    gap = avg["sphere", "rl"] - avg["sphere", "crl"]  # paired by seed
+    assert row["gap"] == pytest.approx(gap.mean()) and row["gap_lo"] <= row["gap"] <= row["gap_hi"]
+    assert row["first_task"] == pytest.approx(np.mean([success("sphere", "crl", s)[0] for s in range(4)]))
+    assert row["ntk_rank"] == pytest.approx(np.mean([np.mean([15.0 + s - t for t in range(3)]) for s in range(4)]))
+    assert row["d_crl"] == pytest.approx(avg["sphere", "crl"].mean() - avg["none", "crl"].mean())
+    assert row["d_crl_p"] == pytest.approx(sps.ttest_ind(avg["sphere", "crl"], avg["none", "crl"], equal_var=False).pvalue)
+    gap_none = avg["none", "rl"] - avg["none", "crl"]
+    assert row["d_gap"] == pytest.approx(gap.mean() - gap_none.mean())
+    assert np.isnan(table.loc["none"].get("d_crl", np.nan))
+    text, files = write_study(res, tmp_path / "study", reps=300)
+    assert "| none |" in text and "Against none" in text and all(f.is_file() for f in files)
+    assert main(["study", str(sweep), "--reps", "200"]) == 0
+    assert "RL − CRL gap" in capsys.readouterr().out
+    assert main(["study", str(sweep), "--baseline", "nope"]) == 2
+
+
+def test_per_run_values_average_a_diagnostics_column_over_task_ends(sweep):
+    res = load_results(sweep, complete_only=True)
+    values = per_run_values(res, "dormant_ratio").set_index("run")
+    assert values.loc["runs/sphere-crl-1", "dormant_ratio"] == pytest.approx(0.2)  # task-end rows only (0.1 elsewhere)
+
+
 def test_figures_show_the_numbers(sweep):
     res = load_results(sweep, complete_only=True)
     fig = F.success_bars(res)

@@ -1,5 +1,5 @@
 """The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity,
-sweep, results, compare, correlate, report."""
+sweep, results, compare, correlate, study, report."""
 
 from __future__ import annotations
 
@@ -377,11 +377,37 @@ def cmd_correlate(args: argparse.Namespace) -> int:
     results = load_results(args.path, sources=("diagnostics",))
     table = probe_correlations(results, probe=args.probe, against=tuple(args.against or SPECTRAL), reps=args.reps)
     if table.empty or int(table["n_rows"].max()) == 0:
-        raise ConfigError(f"no diagnostics row of {args.path} has {args.probe!r} (the target-fitting probe is logged "
-                          "at initialisation and task ends when diag.fit_steps > 0)")
+        raise ConfigError(f"no diagnostics row of {args.path} has {args.probe!r} (the probes are logged at "
+                          "initialisation and task ends: fit/* when diag.fit_steps > 0, rlprobe/* when "
+                          "diag.rl_probe_steps > 0)")
     print(f"Spearman rho of {args.probe} with each metric, over every (run, env step) where it was measured; "
           f"95 % CI from resampling runs ({args.reps} draws); p_rows treats rows as independent")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from sphere_rl.experiments.study import format_study, study_table, write_study
+    from sphere_rl.results import stats
+    from sphere_rl.results.table import load_results
+
+    _check_reps(args.reps)
+    method = [f.strip() for f in args.method.split(",") if f.strip()] if args.method else None
+    try:
+        results = load_results(args.path, complete_only=True)
+        if args.out:
+            text, files = write_study(results, args.out, method=method, baseline=args.baseline, reps=args.reps)
+            print(text)
+            print("wrote " + ", ".join(str(f) for f in files))
+        else:
+            cells, diffs = format_study(study_table(results, method=method, baseline=args.baseline, reps=args.reps))
+            print(stats.to_text(cells))
+            if len(diffs):
+                print()
+                print(stats.to_text(diffs))
+    except ValueError as err:  # no protocol, unknown method field or baseline
+        print(f"sphere study: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -576,6 +602,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "ntk/eig_min, ntk/condition)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of runs")
     p.set_defaults(func=cmd_correlate)
+
+    p = sub.add_parser("study", help="one table of a grid of architectures x methods x RL/CRL over seeds: success, "
+                                     "RL - CRL gap, first task, r_e(K), differences against the baseline with 95%% CIs")
+    p.add_argument("path", help="a sweep directory or a folder of runs (several sweeps under one folder)")
+    p.add_argument("-o", "--out", default=None, help="folder for study.md and study.csv (default: print only)")
+    p.add_argument("--method", default=None,
+                   help="the config fields that make a method, comma-separated (default: those of reg.name, reg.mode, "
+                        "reg.coef that vary)")
+    p.add_argument("--baseline", default=None, help="the baseline method (default: none/... or the first)")
+    p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
+    p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("report", help="one self-contained HTML report of a sweep: tables, figures, 3D update geometry")
     p.add_argument("path", help="a sweep directory or a folder of runs")

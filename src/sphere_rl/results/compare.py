@@ -28,7 +28,9 @@ def per_run_values(results: Results, metric: str = "average_success") -> pd.Data
     """One row per complete run: ``run``, the cell columns, ``seed`` and ``metric``.
 
     ``metric`` is a column of ``results.runs`` (``average_success``, ``cw.forgetting``, ``wall_time_s``,
-    ...) or a per-task summary metric (:data:`PER_TASK_METRICS`), averaged over the run's tasks.
+    ...), a per-task summary metric (:data:`PER_TASK_METRICS`), averaged over the run's tasks, or a
+    diagnostics column (``rlprobe/auc``, ``fit/auc``, ``dormant_ratio``, ...) averaged over the run's
+    task-end rows.
     """
     runs = results.runs[results.runs["complete"]]
     keep = ["run", *results.cell_columns, *(["seed"] if "seed" in runs.columns else [])]
@@ -38,10 +40,24 @@ def per_run_values(results: Results, metric: str = "average_success") -> pd.Data
         rows = results.select("summary", metric)
         means = rows.groupby("run", observed=True)["value"].mean().rename(metric)
         frame = runs[keep].join(means, on="run")
+    elif not (rows := _task_end_rows(results, metric)).empty:
+        means = rows.groupby("run", observed=True)["value"].mean().rename(metric)
+        frame = runs[keep].join(means, on="run")
     else:
         known = sorted(c for c in runs.columns if c.startswith("cw.")) + ["average_success", "env_steps", "wall_time_s"]
-        raise ValueError(f"unknown metric {metric!r}; per-run metrics: {', '.join(known + list(PER_TASK_METRICS))}")
+        raise ValueError(f"unknown metric {metric!r}; per-run metrics: {', '.join(known + list(PER_TASK_METRICS))}, "
+                         "or a diagnostics column logged at task ends (fit/auc, rlprobe/auc, dormant_ratio, ...)")
     return frame.reset_index(drop=True)
+
+
+def _task_end_rows(results: Results, metric: str) -> pd.DataFrame:
+    """The diagnostics rows of `metric` at task ends (finite values only)."""
+    rows = results.select("diagnostics", metric)
+    if rows.empty or "task_end" not in rows.columns:
+        return rows.iloc[0:0]
+    end = pd.to_numeric(rows["task_end"].astype("string").str.lower().map({"true": 1, "1": 1, "false": 0, "0": 0}),
+                        errors="coerce")
+    return rows[(end == 1) & np.isfinite(rows["value"].to_numpy(dtype=float))]
 
 
 def score_matrices(results: Results, metric: str = "final_success", *, by: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -1,0 +1,183 @@
+"""`sphere study`: one table for a grid of architectures x methods x protocols over seeds (issue 17's study).
+
+A *row* is one combination of the cell columns other than the method and the protocol (for the study
+sweep: the actor kind); a *method* is one combination of the method fields that vary (`reg.name`,
+`reg.mode`, `reg.coef`: `none/loss`, `sphere/grad`, ...). For every row and method the table gives,
+over seeds, with 95 % bootstrap CIs (`results.stats`):
+
+- CRL average success and RL average success (final success of each task after its own training);
+- the RL - CRL gap, paired by seed (an RL run and a CRL run of the same seed train task 0 identically,
+  so the gap is the cost of training after other tasks);
+- the first task's final success under CRL: learning from scratch, where there is no plasticity to lose
+  yet; a method that lowers it slows plain learning;
+- r_e(K) averaged over the CRL run's task ends, and CRL forgetting;
+- against the baseline method of the same row: the differences of CRL and RL success, of the gap and of
+  the first task, each with its CI and Welch p-value (not corrected for multiple comparisons).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from sphere_rl.results import stats
+from sphere_rl.results.compare import per_run_values
+from sphere_rl.results.table import Results
+
+__all__ = ["METHOD_FIELDS", "study_frame", "study_table", "format_study", "write_study"]
+
+METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef")
+"""Config fields that make a method; those that vary between the runs form the method column."""
+
+PROTOCOL = "run.protocol"
+
+
+def _first_task(results: Results) -> pd.Series:
+    rows = results.select("summary", "final_success")
+    rows = rows[rows["task_index"] == 0]
+    return rows.groupby("run", observed=True)["value"].first().rename("first_task")
+
+
+def study_frame(results: Results, *, method: Sequence[str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
+    """One row per complete run: its row key columns, `method`, `protocol`, `seed` and the per-run values
+    (`average_success`, `first_task`, `ntk_rank`, `forgetting`). Returns (frame, method column, row columns)."""
+    results = results.complete()
+    if PROTOCOL not in results.runs.columns:
+        raise ValueError("the runs have no run.protocol")
+    fields = [f for f in (method or METHOD_FIELDS) if f in results.cell_columns]
+    if not fields:
+        fields = [f for f in (method or METHOD_FIELDS) if f in results.runs.columns][:1]
+    if not fields:
+        raise ValueError(f"none of the method fields {list(method or METHOD_FIELDS)} is a config field of these runs")
+    results, method_col = results.combine(fields)
+    row_cols = [c for c in results.cell_columns if c not in (method_col, PROTOCOL)]
+    frame = per_run_values(results, "average_success")
+    if method_col not in frame.columns:  # one method only: not a cell column
+        frame[method_col] = results.runs.set_index("run").loc[frame["run"], method_col].to_numpy()
+    if PROTOCOL not in frame.columns:
+        frame[PROTOCOL] = results.runs.set_index("run").loc[frame["run"], PROTOCOL].to_numpy()
+    frame = frame.join(_first_task(results), on="run")
+    frame["ntk_rank"] = per_run_values(results, "ntk_rank")["ntk_rank"].to_numpy()
+    forgetting = results.runs.set_index("run").get("cw.forgetting")
+    frame["forgetting"] = forgetting.reindex(frame["run"]).to_numpy(dtype=float) if forgetting is not None else np.nan
+    return frame.rename(columns={method_col: "method", PROTOCOL: "protocol"}), method_col, row_cols
+
+
+def _ci(values: Any, reps: int, seed: int) -> tuple[float, float, float, int]:
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    mean, lo, hi = stats.mean_ci(x, reps=reps, seed=seed)
+    return mean, lo, hi, int(x.size)
+
+
+def _paired_gap(cell: pd.DataFrame) -> pd.Series:
+    """RL minus CRL average success per seed (seeds with both protocols)."""
+    wide = cell.pivot_table(index="seed", columns="protocol", values="average_success", aggfunc="first")
+    if not {"rl", "crl"} <= set(wide.columns):
+        return pd.Series(dtype=float)
+    return (wide["rl"] - wide["crl"]).dropna()
+
+
+def _difference(x: Any, y: Any, reps: int, seed: int) -> tuple[float, float, float, float]:
+    """(difference of means, lo, hi, Welch p) of two groups of runs; NaN when either has fewer than 2."""
+    x, y = (np.asarray(v, dtype=float) for v in (x, y))
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        return (math.nan,) * 4
+    r = stats.pairwise(x, y, reps=reps, seed=seed)
+    return r.difference, r.difference_lo, r.difference_hi, r.welch_p
+
+
+def study_table(results: Results, *, method: Sequence[str] | None = None, baseline: str | None = None,
+                reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """The numbers of the study table: one row per (row key, method), columns `<name>`, `<name>_lo`,
+    `<name>_hi` for every estimate, `d_<name>`/`_lo`/`_hi`/`_p` against `baseline` (default: the first
+    method in sorted order, `none/...` when there is one) and `n_<protocol>` (runs)."""
+    frame, _, row_cols = study_frame(results, method=method)
+    methods = sorted(frame["method"].unique(), key=lambda m: (not str(m).startswith("none"), str(m)))
+    base = baseline if baseline is not None else methods[0]
+    if base not in methods:
+        raise ValueError(f"baseline {base!r} is not a method of these runs: {', '.join(map(str, methods))}")
+    groups = frame.groupby(row_cols, sort=True) if row_cols else [((), frame)]
+    out = []
+    for key, rows in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        ref = rows[rows["method"] == base]
+        for m in methods:
+            cell = rows[rows["method"] == m]
+            if cell.empty:
+                continue
+            crl, rl = cell[cell["protocol"] == "crl"], cell[cell["protocol"] == "rl"]
+            record: dict[str, Any] = {**dict(zip(row_cols, key)), "method": m,
+                                      "n_crl": len(crl), "n_rl": len(rl)}
+            estimates = {"crl": crl["average_success"], "rl": rl["average_success"], "gap": _paired_gap(cell),
+                         "first_task": crl["first_task"], "ntk_rank": crl["ntk_rank"], "forgetting": crl["forgetting"]}
+            for name, values in estimates.items():
+                record[name], record[f"{name}_lo"], record[f"{name}_hi"], _ = _ci(values, reps, seed)
+            if m != base:
+                ref_crl, ref_rl = ref[ref["protocol"] == "crl"], ref[ref["protocol"] == "rl"]
+                against = {"crl": (crl["average_success"], ref_crl["average_success"]),
+                           "rl": (rl["average_success"], ref_rl["average_success"]),
+                           "gap": (_paired_gap(cell), _paired_gap(ref)),
+                           "first_task": (crl["first_task"], ref_crl["first_task"]),
+                           "ntk_rank": (crl["ntk_rank"], ref_crl["ntk_rank"])}
+                for name, (x, y) in against.items():
+                    d = _difference(x, y, reps, seed)
+                    record[f"d_{name}"], record[f"d_{name}_lo"], record[f"d_{name}_hi"], record[f"d_{name}_p"] = d
+            out.append(record)
+    table = pd.DataFrame(out)
+    table.attrs["baseline"] = base
+    table.attrs["row_columns"] = row_cols
+    return table
+
+
+_LABELS = {"crl": "CRL avg success", "rl": "RL avg success", "gap": "RL − CRL gap", "first_task": "first task (CRL)",
+           "ntk_rank": "r_e(K), CRL task ends", "forgetting": "forgetting (CRL)"}
+
+
+def format_study(table: pd.DataFrame, *, digits: int = 3) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the cells' estimates, the differences against the baseline) as display tables."""
+    row_cols = list(table.attrs.get("row_columns", []))
+    keys = [*row_cols, "method"]
+    cells = table[keys].copy()
+    cells["seeds (CRL/RL)"] = [f"{int(a)}/{int(b)}" for a, b in zip(table["n_crl"], table["n_rl"])]
+    for name, label in _LABELS.items():
+        cells[label] = [stats.format_interval(v, lo, hi, digits) for v, lo, hi in
+                        zip(table[name], table[f"{name}_lo"], table[f"{name}_hi"])]
+    base = table.attrs.get("baseline")
+    rest = table[table["method"] != base] if "d_crl" in table.columns else table.iloc[0:0]
+    diffs = rest[keys].copy()
+    for name in ("crl", "rl", "gap", "first_task", "ntk_rank"):
+        if f"d_{name}" not in rest.columns:
+            continue
+        label = f"Δ {_LABELS[name].split(',')[0]} vs {base}"
+        diffs[label] = [stats.format_interval(v, lo, hi, digits) for v, lo, hi in
+                        zip(rest[f"d_{name}"], rest[f"d_{name}_lo"], rest[f"d_{name}_hi"])]
+        diffs[f"p ({name})"] = [stats.format_p(p) for p in rest[f"d_{name}_p"]]
+    return cells.reset_index(drop=True), diffs.reset_index(drop=True)
+
+
+def write_study(results: Results, out_dir: str | Path, *, method: Sequence[str] | None = None,
+                baseline: str | None = None, reps: int = 2000, seed: int = 0) -> tuple[str, list[Path]]:
+    """Write `study.csv` (the numbers) and `study.md` (the two display tables) into `out_dir`; returns the
+    markdown text and the files written."""
+    from sphere_rl.runs.atomic import atomic_write_text
+
+    table = study_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
+    cells, diffs = format_study(table)
+    n = int(results.runs["complete"].sum())
+    text = "\n".join([
+        f"{n} complete runs in {results.root}; 95 % CIs: percentile bootstrap over runs ({reps} resamples); "
+        f"the gap is paired by seed; p: Welch's t-test, not corrected for multiple comparisons.",
+        "", "### Cells", "", stats.to_markdown(cells),
+        "", f"### Against {table.attrs['baseline']} (same row)", "",
+        stats.to_markdown(diffs) if len(diffs) else "(one method only)", "",
+    ])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [atomic_write_text(out / "study.md", text), atomic_write_text(out / "study.csv", table.to_csv(index=False))]
+    return text, [Path(p) for p in written]
