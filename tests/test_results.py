@@ -272,3 +272,14 @@ def test_report_is_self_contained(sweep, tmp_path):
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {"success_bars.png", "success_bars.pdf",
                                                                 "ntk_rank_across_tasks.pdf"}
     assert main(["report", str(sweep), "-o", str(tmp_path / "cli.html"), "--reps", "100"]) == 0
+
+
+def test_study_method_labels_name_the_default_coefficient():
+    from sphere_rl.experiments.study import _method_labels
+
+    runs = pd.DataFrame([{"reg.name": "none", "reg.mode": "grad", "reg.coef": np.nan},
+                         {"reg.name": "sphere", "reg.mode": "grad", "reg.coef": np.nan},
+                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": None},
+                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": 0.2}])
+    assert _method_labels(runs, ["reg.name", "reg.mode", "reg.coef"]).tolist() == [
+        "none", "sphere/grad/0.001", "sphere/loss/0.05", "sphere/loss/0.2"]

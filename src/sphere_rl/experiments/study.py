@@ -2,7 +2,7 @@
 
 A *row* is one combination of the cell columns other than the method and the protocol (for the study
 sweep: the actor kind); a *method* is one combination of the method fields that vary (`reg.name`,
-`reg.mode`, `reg.coef`: `none/loss`, `sphere/grad`, ...). For every row and method the table gives,
+`reg.mode`, `reg.coef`: `none`, `sphere/grad/0.001`, ...; runs without a regulariser are `none`). For every row and method the table gives,
 over seeds, with 95 % bootstrap CIs (`results.stats`):
 
 - CRL average success and RL average success (final success of each task after its own training);
@@ -42,29 +42,48 @@ def _first_task(results: Results) -> pd.Series:
     return rows.groupby("run", observed=True)["value"].first().rename("first_task")
 
 
-def study_frame(results: Results, *, method: Sequence[str] | None = None) -> tuple[pd.DataFrame, str, list[str]]:
+def _method_labels(runs: pd.DataFrame, fields: list[str]) -> pd.Series:
+    """A run's method: `none` for runs without a regulariser, else its method fields' values joined with
+    `/`, a default `reg.coef` (None) shown as the mode's value (`sphere/loss/0.05`)."""
+    from sphere_rl.config import MODE_DEFAULT_COEF
+
+    def label(row: pd.Series) -> str:
+        if row.get("reg.name") == "none":
+            return "none"
+        parts = []
+        for f in fields:
+            value = row.get(f)
+            if f == "reg.coef" and (value is None or (isinstance(value, float) and math.isnan(value))):
+                value = MODE_DEFAULT_COEF.get(str(row.get("reg.mode", "loss")), 0.05)
+            parts.append(f"{value:g}" if isinstance(value, float) else str(value))
+        return "/".join(parts)
+
+    return runs.apply(label, axis=1)
+
+
+def study_frame(results: Results, *, method: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per complete run: its row key columns, `method`, `protocol`, `seed` and the per-run values
-    (`average_success`, `first_task`, `ntk_rank`, `forgetting`). Returns (frame, method column, row columns)."""
+    (`average_success`, `first_task`, `ntk_rank`, `forgetting`). Returns (frame, method fields, row columns)."""
     results = results.complete()
     if PROTOCOL not in results.runs.columns:
         raise ValueError("the runs have no run.protocol")
-    fields = [f for f in (method or METHOD_FIELDS) if f in results.cell_columns]
+    wanted = list(method or METHOD_FIELDS)
+    missing = [f for f in wanted if f not in results.runs.columns]
+    if method and missing:
+        raise ValueError(f"--method: {', '.join(missing)} is not a config field of these runs")
+    fields = [f for f in wanted if f in results.cell_columns] or [f for f in wanted if f in results.runs.columns][:1]
     if not fields:
-        fields = [f for f in (method or METHOD_FIELDS) if f in results.runs.columns][:1]
-    if not fields:
-        raise ValueError(f"none of the method fields {list(method or METHOD_FIELDS)} is a config field of these runs")
-    results, method_col = results.combine(fields)
-    row_cols = [c for c in results.cell_columns if c not in (method_col, PROTOCOL)]
+        raise ValueError(f"none of the method fields {wanted} is a config field of these runs")
+    row_cols = [c for c in results.cell_columns if c not in (*fields, PROTOCOL)]
+    runs = results.runs.set_index("run")
     frame = per_run_values(results, "average_success")
-    if method_col not in frame.columns:  # one method only: not a cell column
-        frame[method_col] = results.runs.set_index("run").loc[frame["run"], method_col].to_numpy()
-    if PROTOCOL not in frame.columns:
-        frame[PROTOCOL] = results.runs.set_index("run").loc[frame["run"], PROTOCOL].to_numpy()
+    frame["method"] = _method_labels(runs.loc[frame["run"]].reset_index(), fields).to_numpy()
+    frame["protocol"] = runs.loc[frame["run"], PROTOCOL].to_numpy()
     frame = frame.join(_first_task(results), on="run")
     frame["ntk_rank"] = per_run_values(results, "ntk_rank")["ntk_rank"].to_numpy()
-    forgetting = results.runs.set_index("run").get("cw.forgetting")
+    forgetting = runs.get("cw.forgetting")
     frame["forgetting"] = forgetting.reindex(frame["run"]).to_numpy(dtype=float) if forgetting is not None else np.nan
-    return frame.rename(columns={method_col: "method", PROTOCOL: "protocol"}), method_col, row_cols
+    return frame, fields, row_cols
 
 
 def _ci(values: Any, reps: int, seed: int) -> tuple[float, float, float, int]:
@@ -95,10 +114,10 @@ def _difference(x: Any, y: Any, reps: int, seed: int) -> tuple[float, float, flo
 def study_table(results: Results, *, method: Sequence[str] | None = None, baseline: str | None = None,
                 reps: int = 2000, seed: int = 0) -> pd.DataFrame:
     """The numbers of the study table: one row per (row key, method), columns `<name>`, `<name>_lo`,
-    `<name>_hi` for every estimate, `d_<name>`/`_lo`/`_hi`/`_p` against `baseline` (default: the first
-    method in sorted order, `none/...` when there is one) and `n_<protocol>` (runs)."""
+    `<name>_hi` for every estimate, `d_<name>`/`_lo`/`_hi`/`_p` against `baseline` (default: `none` when
+    there is one, else the first method in sorted order) and `n_<protocol>` (runs)."""
     frame, _, row_cols = study_frame(results, method=method)
-    methods = sorted(frame["method"].unique(), key=lambda m: (not str(m).startswith("none"), str(m)))
+    methods = sorted(frame["method"].unique(), key=lambda m: (m != "none", str(m)))
     base = baseline if baseline is not None else methods[0]
     if base not in methods:
         raise ValueError(f"baseline {base!r} is not a method of these runs: {', '.join(map(str, methods))}")
