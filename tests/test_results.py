@@ -283,3 +283,22 @@ def test_study_method_labels_name_the_default_coefficient():
                          {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": 0.2}])
     assert _method_labels(runs, ["reg.name", "reg.mode", "reg.coef"]).tolist() == [
         "none", "sphere/grad/0.001", "sphere/loss/0.05", "sphere/loss/0.2"]
+
+
+def test_next_task_deficit_pairs_a_task_end_with_the_next_tasks_shortfall_against_rl(sweep):
+    from sphere_rl.results.plasticity import deficit_correlations, deficit_frame, within_groups
+
+    res = load_results(sweep)
+    frame = deficit_frame(res, against=["ntk/effective_rank", "dormant_ratio"])
+    assert len(frame) == 8 * 2  # 8 complete CRL runs x tasks 1, 2
+    row = frame[(frame["run"] == "runs/sphere-crl-2") & (frame["task_index"] == 2)].iloc[0]
+    rl_mean = np.mean([success("sphere", "rl", s)[2] for s in range(4)])  # the RL runs of the same method
+    assert row["deficit"] == pytest.approx(rl_mean - success("sphere", "crl", 2)[2])
+    assert row["ntk/effective_rank"] == pytest.approx(10.0 + 2 + 5.0 - 1)  # r_e(K) at the end of task 1
+    table = deficit_correlations(res, against=["ntk/effective_rank"], reps=200).iloc[0]
+    assert table["spearman"] == pytest.approx(sps.spearmanr(frame["deficit"], frame["ntk/effective_rank"])[0])
+    within = within_groups(frame, "task_index", ["deficit"])
+    for _, group in within.groupby("task_index"):
+        assert group["deficit"].mean() == pytest.approx(0.0)
+    small = pd.DataFrame({"g": [0, 0, 1, 1, 1], "x": [5.0, 1.0, 2.0, 9.0, 4.0]})
+    assert within_groups(small, "g", ["x"])["x"].tolist() == pytest.approx([0.25, -0.25, -1 / 3, 1 / 3, 0.0])

@@ -374,6 +374,19 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
     if not 100 <= args.reps <= 1_000_000:
         raise ConfigError(f"--reps must be in [100, 1000000], got {args.reps}")
+    if args.next_task:
+        from sphere_rl.results.plasticity import DEFICIT_AGAINST, deficit_correlations
+
+        results = load_results(args.path, sources=("summary", "diagnostics"), complete_only=True)
+        table = deficit_correlations(results, against=tuple(args.against or DEFICIT_AGAINST), reps=args.reps)
+        if table.empty or int(table["n_rows"].max()) == 0:
+            raise ConfigError(f"{args.path} has no CRL run beside RL runs of the same config (the next task's "
+                              "deficit is measured against learning it from scratch)")
+        print("Spearman rho of the next task's deficit (mean RL success on task t minus this CRL run's) with each "
+              "metric at the end of task t-1; over all rows, and within task indices; 95 % CIs from resampling "
+              f"runs ({args.reps} draws); p_rows treats rows as independent")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+        return 0
     results = load_results(args.path, sources=("diagnostics",))
     table = probe_correlations(results, probe=args.probe, against=tuple(args.against or SPECTRAL), reps=args.reps)
     if table.empty or int(table["n_rows"].max()) == 0:
@@ -601,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--against", action="append", help="a diagnostics column (repeatable; default: r_e(K), r_e(A), "
                                                       "ntk/eig_min, ntk/condition)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of runs")
+    p.add_argument("--next-task", action="store_true",
+                   help="instead: does an agent's state at a task end predict how badly it learns the next task "
+                        "(CRL success deficit against RL runs of the same config)?")
     p.set_defaults(func=cmd_correlate)
 
     p = sub.add_parser("study", help="one table of a grid of architectures x methods x RL/CRL over seeds: success, "
