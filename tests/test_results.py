@@ -254,7 +254,7 @@ def test_report_is_self_contained(sweep, tmp_path):
     out = build_sweep_report(sweep, tmp_path / "report.html", reps=200, figures_dir=tmp_path / "figs")
     html = out.read_text(encoding="utf-8")
     for needle in ("Statistics", "run.protocol=crl", "Per task", "Figures", "Update geometry", "Initialise",
-                   "Cost", "17 runs", "(16 complete)"):
+                   "Cost", "17 runs", "(16 complete)", "RL vs CRL per architecture and method", "RL − CRL gap"):
         assert needle in html, needle
     from html.parser import HTMLParser
 
@@ -272,6 +272,8 @@ def test_report_is_self_contained(sweep, tmp_path):
     assert {p.name for p in (tmp_path / "figs").iterdir()} >= {"success_bars.png", "success_bars.pdf",
                                                                 "ntk_rank_across_tasks.pdf"}
     assert main(["report", str(sweep), "-o", str(tmp_path / "cli.html"), "--reps", "100"]) == 0
+    assert main(["report", str(sweep), "-o", str(tmp_path / "by.html"), "--reps", "100", "--by", "reg.name,run.protocol"]) == 0
+    assert "reg.name+run.protocol" in (tmp_path / "by.html").read_text(encoding="utf-8")
 
 
 def test_study_method_labels_name_the_default_coefficient():

@@ -443,7 +443,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _check_reps(args.reps)
     try:
-        path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures)
+        path = build_sweep_report(args.path, args.out, heldout=args.heldout, reps=args.reps, figures_dir=args.figures,
+                                  by=args.by)
     except ValueError as err:
         print(f"sphere report: {err}", file=sys.stderr)
         return 2
@@ -635,6 +636,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", default=None, help="HTML file (default: PATH/report.html)")
     p.add_argument("--heldout", default=None, help="held-out env id for the feature PCA (default: by task family)")
     p.add_argument("--figures", default=None, help="also write the figures as PNG + PDF into this folder")
+    p.add_argument("--by", default=None, help="the config field(s) the statistics compare, comma-separated (default: "
+                                             "those of reg.name, reg.mode, reg.coef that vary)")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_report)
     return parser

@@ -149,7 +149,11 @@ def report_sections(results: Results, *, by: str | None = None, heldout: str | N
 
         plt.close(fig)
 
-    by = by or ("reg.name" if "reg.name" in results.cell_columns else (results.cell_columns or [None])[0])
+    if by is None:
+        from sphere_rl.experiments.study import METHOD_FIELDS
+
+        method = [f for f in METHOD_FIELDS if f in results.cell_columns]
+        by = ",".join(method) if method else (results.cell_columns or [None])[0]
     if by is not None:
         items += [Heading("Statistics"), Text(
             f"Levels of `{by}` compared on each run's average final success, within every combination of the "
@@ -166,6 +170,7 @@ def report_sections(results: Results, *, by: str | None = None, heldout: str | N
                 items.append(Table(group.continual, caption="Continual World metrics"))
         items.append(Heading("Per task"))
         items.append(Table(_per_task_table(results), caption="final success per task: mean [95 % CI] over seeds"))
+    items += _study_section(results, reps)
 
     items.append(Heading("Figures"))
     figure(F.success_bars(results), "success_bars",
@@ -217,6 +222,29 @@ def report_sections(results: Results, *, by: str | None = None, heldout: str | N
     items += [Heading("Runs"), Table(_runs_table(results))]
     if saved:
         items.append(Text(f"Figures also written as PNG and PDF to `{Path(saved[0]).parent}`."))
+    return items
+
+
+def _study_section(results: Results, reps: int) -> list[Any]:
+    """`sphere study`'s two tables, when the runs hold RL and CRL runs of some method (else nothing)."""
+    from sphere_rl.experiments.study import format_study, study_table
+
+    protocols = set(results.runs.get(F.PROTOCOL, pd.Series(dtype=str)).astype(str))
+    if not {"rl", "crl"} <= protocols:
+        return []
+    try:
+        table = study_table(results, reps=reps)
+    except ValueError:
+        return []
+    cells, diffs = format_study(table)
+    items: list[Any] = [Heading("RL vs CRL per architecture and method"), Text(
+        "Over seeds, with 95 % bootstrap CIs: CRL and RL average success, the RL − CRL gap paired by seed (the cost "
+        "of training after other tasks), the first task's success under CRL (learning from scratch: what a method "
+        "costs where there is nothing to lose yet), r_e(K) averaged over the CRL task ends and CRL forgetting. "
+        "`sphere study` prints the same tables (docs/statistics.md)."), Table(cells, caption="cells")]
+    if len(diffs):
+        items.append(Table(diffs, caption=f"against {table.attrs['baseline']} in the same row: differences [95 % CI] "
+                                          "and Welch p (not corrected for multiple comparisons)"))
     return items
 
 
