@@ -1,4 +1,4 @@
-"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, presets, config, bench, plasticity,
+"""The `sphere` command line: train, resume, eval, diagnose, metrics, demo, envs, methods, presets, config, bench, plasticity,
 sweep, results, compare, correlate, study, report."""
 
 from __future__ import annotations
@@ -274,6 +274,22 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    """The plasticity methods: name, kind, how to switch it on, its settings with their defaults, reference."""
+    from sphere_rl.methods import METHODS, settings_of
+
+    cfg = Config()
+    for name, spec in sorted(METHODS.items(), key=lambda item: (item[1].kind, item[0])):
+        switch = f"methods=[{name}]" + (f" or {spec.enabled_by}" if spec.enabled_by else "")
+        print(f"{name:<14} {spec.kind:<13} {switch}")
+        print(f"{'':<15}{spec.summary}")
+        settings = settings_of(spec, cfg)
+        if settings:
+            print(f"{'':<15}settings: " + ", ".join(f"{k}={v!r}" for k, v in settings.items()))
+        print(f"{'':<15}reference: {spec.reference}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from sphere_rl.experiments.bench import DEFAULT_BENCH_SUITES, run_bench
 
@@ -536,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides section.field=value")
     p.add_argument("--config", help="a config JSON file instead of a preset (e.g. a run's config.json)")
     p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("methods", help="list the plasticity methods: kind, how to switch on, settings, reference")
+    p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("presets", help="list named config presets")
     p.set_defaults(func=cmd_presets)

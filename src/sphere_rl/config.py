@@ -248,15 +248,29 @@ class DiagConfig:
 
 
 @dataclass(frozen=True)
+class ResetConfig:
+    """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
+
+    parts: tuple[str, ...] = ("all",)
+    """What to re-initialise: any of `all` (actor and critic), `actor`, `critic`, `heads` (action-mean and
+    value heads), `gate` (an MoE actor's router), `log_std`. Adam moments of reset parameters are zeroed."""
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything that defines a run."""
 
     seed: int = 0
+    methods: tuple[str, ...] = ()
+    """Plasticity methods switched on (`sphere methods` lists them), e.g. `[reset]`; their settings are in
+    their own sections. `reg.name=sphere` and `net.load_balance_coef > 0` also switch on SPHERE and load
+    balancing."""
     net: NetConfig = field(default_factory=NetConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     reg: RegConfig = field(default_factory=RegConfig)
     run: RunConfig = field(default_factory=RunConfig)
     diag: DiagConfig = field(default_factory=DiagConfig)
+    reset: ResetConfig = field(default_factory=ResetConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -470,10 +484,21 @@ def rl_probe_task(cfg: Config) -> str | None:
 
 
 def _validate(cfg: Config) -> None:
-    from sphere_rl import envs, nets, regularizers  # registries; imported lazily to avoid cycles
+    from sphere_rl import envs, methods, nets, regularizers  # registries; imported lazily to avoid cycles
 
     n, p, r, run = cfg.net, cfg.ppo, cfg.reg, cfg.run
     _check(cfg.seed >= 0, "seed", "must be >= 0", cfg.seed)
+    for name in cfg.methods:
+        _check(name in methods.METHODS, "methods", f"must list registered methods ({', '.join(sorted(methods.METHODS))}; "
+               "`sphere methods` describes them)", name)
+    _check(len(set(cfg.methods)) == len(cfg.methods), "methods", "must not repeat a method", list(cfg.methods))
+    if "load_balance" in cfg.methods:
+        _check(n.load_balance_coef > 0, "net.load_balance_coef", "must be > 0 when methods lists load_balance",
+               n.load_balance_coef)
+    from sphere_rl.methods.reset import PARTS as RESET_PARTS
+
+    _check(len(cfg.reset.parts) >= 1 and all(part in RESET_PARTS for part in cfg.reset.parts), "reset.parts",
+           f"must be a non-empty list of {', '.join(RESET_PARTS)}", list(cfg.reset.parts))
     _check(run.name == "" or (run.name not in (".", "..") and "/" not in run.name and os.sep not in run.name),
            "run.name", "must be a plain directory name (no '/', not '.' or '..')", run.name)
     _check(_path_ok(run.name), "run.name", f"must be a usable file name (at most {_NAME_MAX} bytes, no NUL)", run.name)

@@ -19,6 +19,7 @@ what a run does about it (`run.max_nonfinite_updates`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
 
 import flax.struct
@@ -37,6 +38,7 @@ from sphere_rl.algo.losses import (
 from sphere_rl.algo.normalizer import RunningMeanStd
 from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
+from sphere_rl.methods import Events, build_interventions, enabled_methods
 from sphere_rl.regularizers import make_regularizer
 
 Params = dict[str, Any]
@@ -120,7 +122,11 @@ class PPO:
         self.action_dim = action_dim
         self.actor = make_actor(cfg.net, action_dim)
         self.critic = make_critic(cfg.net)
-        self.regularizer = make_regularizer(cfg.reg)
+        self.methods = enabled_methods(cfg)
+        """Every plasticity method the config switches on (`sphere_rl.methods`)."""
+        self.regularizer = make_regularizer(cfg.reg if "sphere" not in self.methods or cfg.reg.name == "sphere"
+                                            else dataclasses.replace(cfg.reg, name="sphere"))
+        self.interventions = build_interventions(cfg)
         self.reg_networks: tuple[str, ...] = ()
         if self.regularizer is not None:
             self.reg_networks = ("actor", "critic") if cfg.reg.critic else ("actor",)
@@ -167,6 +173,15 @@ class PPO:
                          for name in self.reg_networks}
             state = state.replace(reg_state=reg_state)
         return state
+
+    def task_switch(self, state: AgentState, key: jax.Array, task_index: int) -> tuple[AgentState, Events]:
+        """What the interventions do at the start of task `task_index` >= 1 of a CRL run (before
+        `start_task`): the new agent and their events (`{"reset/params": ...}`)."""
+        events: Events = {}
+        for i, intervention in enumerate(self.interventions):
+            state, done = intervention.on_task_switch(self, state, jax.random.fold_in(key, i), task_index)
+            events.update(done)
+        return state, events
 
     def learning_rate(self, progress: float) -> float:
         """The schedule at task progress in [0, 1]: linear from lr to lr_final over the first

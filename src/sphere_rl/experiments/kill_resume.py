@@ -51,7 +51,7 @@ not process start-up, takes most of its wall time."""
 
 TIMING_COLUMNS = frozenset({"steps_per_s", "wall_time_s", "ntk/seconds"})
 SUMMARY_SKIP = frozenset({"wall_time_s", "run_dir"})
-TABLES = ("metrics.csv", "eval.csv", "diagnostics.csv", "continual_metrics.csv")
+TABLES = ("metrics.csv", "eval.csv", "diagnostics.csv", "continual_metrics.csv", "events.csv")
 
 
 _CHILD = (

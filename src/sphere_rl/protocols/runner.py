@@ -30,7 +30,7 @@ from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_text
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
-_INIT, _TASK, _EVAL, _PROBE, _RL_PROBE = 0, 1, 2, 3, 4
+_INIT, _TASK, _EVAL, _PROBE, _RL_PROBE, _SWITCH = 0, 1, 2, 3, 4, 5
 CONTINUAL_METRICS_FILE = "continual_metrics.csv"
 EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
 
@@ -167,13 +167,28 @@ class Runner:
 
     def _start_task(self, agent: Any, task_index: int) -> tuple[Any, Any]:
         """Agent and rollout carry at the start of a task, following the protocol."""
-        if agent is None or self.cfg.run.protocol == "rl":
-            agent = self.ppo.init(jax.random.fold_in(self.base_key, _INIT))
-        elif self.cfg.run.reset_optimizer:
+        agent, carry, _ = self._enter_task(agent, task_index)
+        return agent, carry
+
+    def _switched(self, agent: Any, task_index: int) -> tuple[Any, dict[str, float]]:
+        """A CRL agent as it enters task `task_index` >= 1: `run.reset_optimizer`, the methods' task-switch
+        interventions (with a key of the run and the task), then the task-start hooks; and the events."""
+        if self.cfg.run.reset_optimizer:
             agent = self.ppo.reset_optimizer(agent)
-        agent = self.ppo.start_task(agent)
+        key = jax.random.fold_in(jax.random.fold_in(self.base_key, _SWITCH), task_index)
+        agent, events = self.ppo.task_switch(agent, key, task_index)
+        return self.ppo.start_task(agent), events
+
+    def _enter_task(self, agent: Any, task_index: int) -> tuple[Any, Any, dict[str, float]]:
+        """(agent, rollout carry, the task switch's events) at the start of a task, following the protocol."""
+        events: dict[str, float] = {}
+        if agent is None or self.cfg.run.protocol == "rl":
+            agent = self.ppo.start_task(self.ppo.init(jax.random.fold_in(self.base_key, _INIT)))
+        else:
+            agent, events = self._switched(agent, task_index)
         loop, params = self.loop_for(self.tasks[task_index])
-        return loop.start(agent, self._task_key(task_index), params)
+        agent, carry = loop.start(agent, self._task_key(task_index), params)
+        return agent, carry, events
 
     def _finish_task(self, task_index: int) -> None:
         """Release what the task's training held (host envs: its vector env and, with `run.async_envs`,
@@ -189,10 +204,11 @@ class Runner:
     def _rl_probe(self, agent: Any, t: int, state: dict[str, Any]) -> Generator[Call, Any, dict[str, float]]:
         """The RL plasticity probe of `agent` after task `t` (-1: at initialisation); {} when it is off.
 
-        A copy of the agent starts the held-out task as a CRL task switch would (`run.reset_optimizer`,
-        then `PPO.start_task`), is evaluated, trains `diag.rl_probe_steps` env steps (whole rollouts, the
-        task's learning-rate schedule from its start) and is evaluated again; the copy is then dropped,
-        so the run itself is unchanged. Its calls are yielded like the run's own, so a seed group
+        A copy of the agent starts the held-out task as the next CRL task switch would
+        (`run.reset_optimizer`, the methods' task-switch interventions with the key of task t + 1, then
+        `PPO.start_task`; at initialisation the fresh agent as it is), is evaluated, trains
+        `diag.rl_probe_steps` env steps (whole rollouts, the task's learning-rate schedule from its start)
+        and is evaluated again; the copy is then dropped, so the run itself is unchanged. Its calls are yielded like the run's own, so a seed group
         computes the probes of all its seeds together."""
         task = self.rl_probe_task
         if task is None:
@@ -200,8 +216,7 @@ class Runner:
         cfg = self.cfg
         loop, params = self.loop_for(task)
         key = jax.random.fold_in(jax.random.fold_in(self.base_key, _RL_PROBE), t + 1)
-        probe = self.ppo.reset_optimizer(agent) if cfg.run.reset_optimizer else agent
-        probe = self.ppo.start_task(probe)
+        probe = self._switched(agent, t + 1)[0] if t >= 0 else agent  # t = -1: the fresh agent as it is
         where = (t, state["iteration"], 2)
         eval_key = jax.random.fold_in(key, 1)
         before = jax.device_get((yield Call("evaluate", loop, (probe, eval_key), (params,), (*where, 0, id(params)))))
@@ -354,7 +369,11 @@ class Runner:
                 task = self.tasks[t]
                 loop, params = self.loop_for(task)
                 if state["iteration"] == 0 or carry is None:
-                    agent, carry = self._start_task(agent, t)
+                    agent, carry, events = self._enter_task(agent, t)
+                    if logger:
+                        for what, value in events.items():
+                            logger.log("events", {"env_step": state["env_step"], "task_index": t, "task": task,
+                                                  "event": what, "value": value})
                 self.diagnostics.start_task(t, task, agent, loop, params)
                 if t == 0 and state["env_step"] == 0 and "initial" not in state:
                     probed = yield from self._rl_probe(agent, -1, state)

@@ -20,7 +20,7 @@ from sphere_rl.runs.atomic import atomic_write_text
 
 __all__ = ["CSV_FILES", "MetricsLogger", "last_env_step", "read_metrics"]
 
-CSV_FILES: dict[str, str] = {"train": "metrics.csv", "eval": "eval.csv", "diag": "diagnostics.csv"}
+CSV_FILES: dict[str, str] = {"train": "metrics.csv", "eval": "eval.csv", "diag": "diagnostics.csv", "events": "events.csv"}
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
 

@@ -1,0 +1,117 @@
+"""What a plasticity method is to the library: a registry entry of one of four kinds, and the interface
+of the interventions (methods that change the agent between updates or at task switches).
+
+Kinds (docs/methods.md):
+- `loss`: a penalty term added to the PPO loss (a :class:`~sphere_rl.regularizers.base.Regularizer`);
+- `intervention`: changes parameters and optimiser state at a task switch or between updates
+  (:class:`Intervention`);
+- `architecture`: changes the networks (applied when they are built);
+- `optimizer`: changes the optimiser.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+KINDS = ("loss", "intervention", "architecture", "optimizer")
+
+Events = dict[str, float]
+"""What an intervention did, as named numbers (e.g. `reset/params`: parameters re-initialised)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    """A registry entry: what a method is, where its settings live and how it is switched on."""
+
+    name: str
+    kind: str
+    summary: str
+    reference: str
+    section: str | None
+    """The config section of its hyperparameters (None: it has none)."""
+    settings: tuple[str, ...] = ()
+    """Its dotted config fields; empty: every field of `section`."""
+    enabled_by: str = ""
+    """How it is switched on besides listing it in `methods` (e.g. `reg.name=sphere`); empty: only the list."""
+    build: Callable[[Any], Any] | None = None
+    """Config -> the object PPO uses (an Intervention for the `intervention` kind)."""
+
+
+def settings_of(spec: MethodSpec, cfg: Any) -> dict[str, Any]:
+    """{dotted field: value in `cfg`} of a method's settings."""
+    names = spec.settings
+    if not names and spec.section:
+        names = tuple(f"{spec.section}.{f.name}" for f in dataclasses.fields(getattr(cfg, spec.section)))
+    out = {}
+    for name in names:
+        section, field_name = name.split(".")
+        out[name] = getattr(getattr(cfg, section), field_name)
+    return out
+
+
+class Intervention(abc.ABC):
+    """A method that edits the agent outside the loss: at a CRL task switch (`on_task_switch`, in Python,
+    once per switch) or after every update phase (`after_update`, traced into the jitted update).
+
+    Both return the new agent state and :data:`Events`; they must leave the optimiser state consistent
+    with the new parameters (the Adam moments of re-initialised parameters are zero) and be
+    deterministic given their key, so a resumed run does the same. Subclasses are frozen dataclasses.
+    """
+
+    name: str = "intervention"
+
+    def on_task_switch(self, ppo: Any, state: Any, key: jax.Array, task_index: int) -> tuple[Any, Events]:
+        """At the start of task `task_index` >= 1 of a CRL run, before the task-start hooks (default: nothing)."""
+        del ppo, key, task_index
+        return state, {}
+
+
+# ------------------------------------------------------------------------------------ parameter surgery
+
+
+def path_names(path: tuple) -> tuple[str, ...]:
+    """The key names of a `jax.tree_util` path (dict keys and attribute names)."""
+    out = []
+    for entry in path:
+        name = getattr(entry, "key", None)
+        if name is None:
+            name = getattr(entry, "name", None)
+        if name is None:
+            name = getattr(entry, "idx", "")
+        out.append(str(name))
+    return tuple(out)
+
+
+def leaf_mask(params: Any, select: Callable[[tuple[str, ...]], bool]) -> Any:
+    """A tree of bools like `params`: True where `select(path names)` holds."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: bool(select(path_names(path))), params)
+
+
+def _masked_moments(opt_state: Any, mask: Any) -> Any:
+    """`opt_state` with the Adam first and second moments zeroed where `mask` (a tree like the network's
+    parameters) is True; the step count and everything else kept."""
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, optax.ScaleByAdamState):
+            zero = lambda m, x: jnp.where(m, jnp.zeros_like(x), x)  # noqa: E731
+            return node._replace(mu=jax.tree.map(zero, mask, node.mu), nu=jax.tree.map(zero, mask, node.nu))
+        return node
+
+    return jax.tree.map(fix, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+
+
+def replace_where(state: Any, masks: dict[str, Any], fresh: dict[str, Any]) -> tuple[Any, int]:
+    """The agent with the parameters selected by `masks` ({network: bool tree}) taken from `fresh`
+    ({network: params}) and their Adam moments zeroed; also the number of scalars replaced."""
+    params, opt_state, count = dict(state.params), dict(state.opt_state), 0
+    for name, mask in masks.items():
+        params[name] = jax.tree.map(lambda m, new, old: new if m else old, mask, fresh[name], state.params[name])
+        opt_state[name] = _masked_moments(state.opt_state[name], mask)
+        count += sum(int(x.size) for m, x in zip(jax.tree.leaves(mask), jax.tree.leaves(state.params[name])) if m)
+    return state.replace(params=params, opt_state=opt_state), count

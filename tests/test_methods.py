@@ -1,0 +1,153 @@
+"""Plasticity methods (sphere_rl.methods): the registry, and every intervention against its definition:
+what it re-initialises, what it leaves alone, the optimiser state it leaves, resume after it fired."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sphere_rl.algo.ppo import PPO, Batch
+from sphere_rl.config import Config, ConfigError
+from sphere_rl.experiments.kill_resume import SMALL_CRL, compare_runs
+from sphere_rl.methods import METHODS, enabled_methods
+from sphere_rl.methods.base import path_names
+from sphere_rl.methods.reset import PARTS, Reset
+from sphere_rl.protocols.runner import _SWITCH, Runner
+from sphere_rl.runs import RunDir
+from sphere_rl.runs.logger import read_metrics
+
+SMALL_NET = ["net.n_experts=3", "net.hidden_sizes=16,16", "net.gate_hidden_sizes=16", "net.critic_hidden_sizes=16",
+             "ppo.num_envs=8", "ppo.n_steps=8", "ppo.minibatch_size=32", "run.tasks=arm/reach"]
+
+
+def _trained_agent(actor="topk_moe"):
+    """An agent after one update phase on random data: non-zero Adam moments everywhere."""
+    cfg = Config().override([*SMALL_NET, f"net.actor={actor}"]).validate()
+    ppo = PPO(cfg, obs_dim=15, action_dim=3)
+    state = ppo.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    batch = Batch(*(jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(64, 15), (64, 3), (64,), (64,), (64,)]))
+    state, _ = ppo.update_phase(state, batch, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
+    return ppo, state
+
+
+def _leaves(tree):
+    return {path_names(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _adam(opt_state):
+    (adam,) = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, "mu") and hasattr(x, "nu"))
+               if hasattr(s, "mu")]
+    return adam
+
+
+def _expected_paths(part, network, params):
+    """Independent of `PARTS`: the parameter paths each part names, spelled out per network layout."""
+    paths = set(_leaves(params[network]))
+    if part == "all" or part == network:
+        return paths
+    if part == "heads":
+        return {p for p in paths if p[1] in ("mean_head", "value_head") or p[1:4] == ("moe", "experts", "head")}
+    if part == "gate":
+        return {p for p in paths if network == "actor" and p[1:3] == ("moe", "gate")}
+    if part == "log_std":
+        return {p for p in paths if network == "actor" and p == ("params", "log_std")}
+    return set()
+
+
+@pytest.mark.parametrize("actor", ["mlp", "topk_moe", "ds_moe"])
+@pytest.mark.parametrize("part", sorted(PARTS))
+def test_reset_reinitialises_exactly_its_part_and_zeroes_only_its_moments(actor, part):
+    ppo, state = _trained_agent(actor)
+    key = jax.random.PRNGKey(7)
+    new, events = Reset(parts=(part,)).on_task_switch(ppo, state, key, 1)
+    fresh = ppo.init(key).params
+    n_reset = 0
+    for network in ("actor", "critic"):
+        want = _expected_paths(part, network, state.params)
+        before, after, init = _leaves(state.params[network]), _leaves(new.params[network]), _leaves(fresh[network])
+        mu_before, mu_after = _leaves(_adam(state.opt_state[network]).mu), _leaves(_adam(new.opt_state[network]).mu)
+        nu_after = _leaves(_adam(new.opt_state[network]).nu)
+        for path in before:
+            if path in want:
+                np.testing.assert_array_equal(after[path], init[path], err_msg=str(path))
+                assert not mu_after[path].any() and not nu_after[path].any(), path
+                n_reset += after[path].size
+            else:
+                np.testing.assert_array_equal(after[path], before[path], err_msg=str(path))
+                np.testing.assert_array_equal(mu_after[path], mu_before[path], err_msg=str(path))
+        assert int(_adam(new.opt_state[network]).count) == int(_adam(state.opt_state[network]).count)
+    assert events == {"reset/params": float(n_reset)}
+    assert (n_reset > 0) == (part != "gate" or actor != "mlp")  # a dense actor has no router
+    if part == "log_std":
+        np.testing.assert_array_equal(np.asarray(new.params["actor"]["params"]["log_std"]), 0.0)  # net.log_std_init
+
+
+def test_registry_lists_every_kind_and_older_switches_count_as_listing():
+    assert {m.kind for m in METHODS.values()} <= {"loss", "intervention", "architecture", "optimizer"}
+    for spec in METHODS.values():
+        assert spec.summary and spec.reference
+    cfg = Config().override(["reg.name=sphere", "net.load_balance_coef=0.01", "methods=[reset]"]).validate()
+    assert enabled_methods(cfg) == ("reset", "sphere", "load_balance")
+    listed = Config().override(["methods=[sphere]"]).validate()
+    assert PPO(listed, 15, 3).regularizer is not None  # listing it is enough
+    with pytest.raises(ConfigError, match="methods must list registered methods"):
+        Config().override(["methods=[nope]"]).validate()
+    with pytest.raises(ConfigError, match="reset.parts"):
+        Config().override(["methods=[reset]", "reset.parts=[everything]"]).validate()
+
+
+def _cfg(*extra):
+    return Config().override([*SMALL_CRL, "run.keep_checkpoints=10", *extra]).validate()
+
+
+def test_a_crl_run_resets_at_every_task_switch_and_records_it(tmp_path):
+    cfg = _cfg("methods=[reset]", "reset.parts=[all]")
+    run_dir = RunDir.create(tmp_path, name="r", config=cfg.to_dict(), seed=0)
+    runner = Runner(cfg, run_dir)
+    runner.run()
+    events = read_metrics(run_dir.path("events.csv"))
+    assert [(e["env_step"], e["task_index"], e["event"]) for e in events] == [(768, 1, "reset/params")]
+    # the agent that entered task 1: the end of task 0 with every parameter from the switch's fresh init
+    end_of_task_0, _, _ = runner.load_checkpoint(768)
+    agent, _, _ = runner._enter_task(end_of_task_0["agent"], 1)
+    key = jax.random.fold_in(jax.random.fold_in(runner.base_key, _SWITCH), 1)
+    fresh = runner.ppo.init(jax.random.fold_in(key, 0)).params
+    for a, b in zip(jax.tree.leaves(agent.params), jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert events[0]["value"] == sum(x.size for x in jax.tree.leaves(fresh))
+    # an RL run never switches
+    rl = _cfg("methods=[reset]", "run.protocol=rl")
+    rl_dir = RunDir.create(tmp_path, name="rl", config=rl.to_dict(), seed=0)
+    Runner(rl, rl_dir).run()
+    assert not rl_dir.path("events.csv").exists()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_run_killed_before_a_reset_resumes_exactly(tmp_path):
+    """The crash is in task 0, after its second checkpoint; the reset fires after the resume point."""
+    cfg = _cfg("methods=[reset]", "reset.parts=[heads,log_std]")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = Runner(cfg, crashed)
+    loop, _ = runner.loop_for(runner.tasks[0])
+    real, calls = loop.run_call, {"n": 0}
+
+    def run_call(kind, own, shared):
+        if kind == "iteration":
+            calls["n"] += 1
+            if calls["n"] > 5:
+                raise _Crash()
+        return real(kind, own, shared)
+
+    loop.run_call = run_call
+    with pytest.raises(_Crash):
+        runner.run()
+    assert crashed.checkpoints.latest_step() == 512
+    Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
+    assert compare_runs(ref.root, crashed.root) == []
+    assert read_metrics(crashed.path("events.csv")) == read_metrics(ref.path("events.csv"))
