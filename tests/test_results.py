@@ -279,12 +279,15 @@ def test_report_is_self_contained(sweep, tmp_path):
 def test_study_method_labels_name_the_default_coefficient():
     from sphere_rl.experiments.study import _method_labels
 
-    runs = pd.DataFrame([{"reg.name": "none", "reg.mode": "grad", "reg.coef": np.nan},
-                         {"reg.name": "sphere", "reg.mode": "grad", "reg.coef": np.nan},
-                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": None},
-                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": 0.2}])
-    assert _method_labels(runs, ["reg.name", "reg.mode", "reg.coef"]).tolist() == [
-        "none", "sphere/grad/0.001", "sphere/loss/0.05", "sphere/loss/0.2"]
+    runs = pd.DataFrame([{"reg.name": "none", "reg.mode": "grad", "reg.coef": np.nan, "methods": "[]"},
+                         {"reg.name": "sphere", "reg.mode": "grad", "reg.coef": np.nan, "methods": "[]"},
+                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": None, "methods": "[]"},
+                         {"reg.name": "sphere", "reg.mode": "loss", "reg.coef": 0.2, "methods": "[]"},
+                         {"reg.name": "none", "methods": '["reset"]', "reset.parts": '["log_std", "heads"]'},
+                         {"reg.name": "none", "reg.mode": "loss", "methods": '["sphere", "reset"]', "reset.parts": '["all"]'}])
+    assert _method_labels(runs, ["reg.name", "reg.mode", "reg.coef", "methods", "reset.parts"]).tolist() == [
+        "none", "sphere/grad/0.001", "sphere/loss/0.05", "sphere/loss/0.2", "reset[log_std,heads]",
+        "sphere/loss/0.05 + reset[all]"]
 
 
 def test_next_task_deficit_pairs_a_task_end_with_the_next_tasks_shortfall_against_rl(sweep):

@@ -2,7 +2,8 @@
 
 A *row* is one combination of the cell columns other than the method and the protocol (for the study
 sweep: the actor kind); a *method* is one combination of the method fields that vary (`reg.name`,
-`reg.mode`, `reg.coef`: `none`, `sphere/grad/0.001`, ...; runs without a regulariser are `none`). For every row and method the table gives,
+`reg.mode`, `reg.coef`, `methods` and the methods' own settings: `none`, `sphere/grad/0.001`,
+`reset[log_std]`, ...). For every row and method the table gives,
 over seeds, with 95 % bootstrap CIs (`results.stats`):
 
 - CRL average success and RL average success (final success of each task after its own training);
@@ -17,6 +18,7 @@ over seeds, with 95 % bootstrap CIs (`results.stats`):
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,8 +32,9 @@ from sphere_rl.results.table import Results
 
 __all__ = ["METHOD_FIELDS", "study_frame", "study_table", "format_study", "write_study"]
 
-METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef")
-"""Config fields that make a method; those that vary between the runs form the method column."""
+METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef", "methods")
+"""Config fields that make a method (with the settings sections of the registered methods); those that vary
+between the runs form the method column."""
 
 PROTOCOL = "run.protocol"
 
@@ -42,23 +45,68 @@ def _first_task(results: Results) -> pd.Series:
     return rows.groupby("run", observed=True)["value"].first().rename("first_task")
 
 
+def _listed(value: Any) -> list[str]:
+    """The `methods` column of a run (a JSON list as the results table stores it, or a list) as names."""
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    if not isinstance(value, str) or not value.strip():
+        return []
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        parsed = [v.strip(" '\"") for v in value.strip("[]").split(",") if v.strip(" '\"")]
+    return [str(v) for v in parsed] if isinstance(parsed, list) else [str(parsed)]
+
+
+def _setting(value: Any) -> str:
+    """A method setting for a label: lists without brackets or quotes (`log_std,heads`)."""
+    if isinstance(value, (list, tuple)) or (isinstance(value, str) and value.startswith("[")):
+        return ",".join(_listed(value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _method_labels(runs: pd.DataFrame, fields: list[str]) -> pd.Series:
-    """A run's method: `none` for runs without a regulariser, else its method fields' values joined with
-    `/`, a default `reg.coef` (None) shown as the mode's value (`sphere/loss/0.05`)."""
+    """A run's method: `none` without any; else its methods joined with ` + `: SPHERE as `sphere` followed by
+    its mode and coefficient where those are among `fields` (a default `reg.coef`, None, shown as the mode's
+    value: `sphere/loss/0.05`), every other listed method by name with its settings among `fields` in
+    brackets (`reset[log_std]`)."""
     from sphere_rl.config import MODE_DEFAULT_COEF
 
     def label(row: pd.Series) -> str:
-        if row.get("reg.name") == "none":
-            return "none"
+        listed = _listed(row.get("methods"))
         parts = []
-        for f in fields:
-            value = row.get(f)
-            if f == "reg.coef" and (value is None or (isinstance(value, float) and math.isnan(value))):
-                value = MODE_DEFAULT_COEF.get(str(row.get("reg.mode", "loss")), 0.05)
-            parts.append(f"{value:g}" if isinstance(value, float) else str(value))
-        return "/".join(parts)
+        if row.get("reg.name") == "sphere" or "sphere" in listed:
+            text = "sphere"
+            for f in ("reg.mode", "reg.coef"):
+                if f not in fields:
+                    continue
+                value = row.get(f)
+                if f == "reg.coef" and (value is None or (isinstance(value, float) and math.isnan(value))):
+                    value = MODE_DEFAULT_COEF.get(str(row.get("reg.mode", "loss")), 0.05)
+                text += "/" + (f"{value:g}" if isinstance(value, float) else str(value))
+            parts.append(text)
+        for name in listed:
+            if name == "sphere":
+                continue
+            settings = [_setting(row.get(f)) for f in fields if f.startswith(f"{name}.")]
+            parts.append(name + (f"[{', '.join(settings)}]" if settings else ""))
+        return " + ".join(parts) or "none"
 
     return runs.apply(label, axis=1)
+
+
+def _method_fields(results: Results, method: Sequence[str] | None) -> list[str]:
+    """The config fields that tell methods apart: `method` if given, else those of :data:`METHOD_FIELDS`
+    and of the registered methods' own sections that vary between the runs."""
+    if method:
+        missing = [f for f in method if f not in results.runs.columns]
+        if missing:
+            raise ValueError(f"--method: {', '.join(missing)} is not a config field of these runs")
+        return list(method)
+    from sphere_rl.methods import METHODS
+
+    sections = {spec.section for spec in METHODS.values() if spec.section} - {"reg", "net"}
+    return [c for c in results.cell_columns if c in METHOD_FIELDS or c.split(".")[0] in sections]
 
 
 def study_frame(results: Results, *, method: Sequence[str] | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
@@ -67,13 +115,7 @@ def study_frame(results: Results, *, method: Sequence[str] | None = None) -> tup
     results = results.complete()
     if PROTOCOL not in results.runs.columns:
         raise ValueError("the runs have no run.protocol")
-    wanted = list(method or METHOD_FIELDS)
-    missing = [f for f in wanted if f not in results.runs.columns]
-    if method and missing:
-        raise ValueError(f"--method: {', '.join(missing)} is not a config field of these runs")
-    fields = [f for f in wanted if f in results.cell_columns] or [f for f in wanted if f in results.runs.columns][:1]
-    if not fields:
-        raise ValueError(f"none of the method fields {wanted} is a config field of these runs")
+    fields = _method_fields(results, method)
     row_cols = [c for c in results.cell_columns if c not in (*fields, PROTOCOL)]
     runs = results.runs.set_index("run")
     frame = per_run_values(results, "average_success")

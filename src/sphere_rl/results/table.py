@@ -226,7 +226,9 @@ def _summary_scalars(summary: dict[str, Any] | None) -> dict[str, float]:
 
 def _load_run(root: Path, sweep_root: Path | None, index: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[Part]]:
     config = json.loads((root / "config.json").read_text(encoding="utf-8"))
-    Config.from_saved(config)  # the types of every field (ConfigError names a bad one); not validate(): runs move
+    # the types of every field (ConfigError names a bad one; not validate(): runs move), and fields added
+    # after the run was made at their defaults, so runs of different versions share one set of columns
+    config = Config.from_saved(config).to_dict()
     flat = {k: v for k, v in flatten_config(config).items() if k not in _EXCLUDED_CONFIG}
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else None
