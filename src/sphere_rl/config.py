@@ -386,6 +386,20 @@ _INT_LIMIT = 2**31
 """Integers in a config (seeds, sizes, step counts) stay below this; larger values are typos."""
 
 
+def _parse_list(text: str) -> Any:
+    """A list from override text: JSON (`["reset", "sphere"]`, `[64, 64]`, what a sweep spec's mapping
+    writes) or comma-separated words with optional brackets and quotes (`[reset,sphere]`, `64,64`)."""
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            parsed = json.loads(stripped)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, list):
+            return parsed
+    return [v.strip().strip("'\"") for v in stripped.strip("()[] ").split(",") if v.strip().strip("'\"")]
+
+
 def _coerce(tp: Any, value: Any, name: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
@@ -401,7 +415,7 @@ def _coerce(tp: Any, value: Any, name: str) -> Any:
     if origin is tuple:
         (elem, _ellipsis) = typing.get_args(tp)
         if isinstance(value, str):
-            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+            value = _parse_list(value)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name} must be a list, got {value!r}")
         return tuple(_coerce(elem, v, name) for v in value)
