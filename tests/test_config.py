@@ -83,3 +83,15 @@ def test_every_field_is_documented():
         assert f"## {section}" in doc
         for f in dataclasses.fields(getattr(cfg, section)):
             assert f"| `{f.name}` |" in doc, f"{section}.{f.name} missing from docs/config.md"
+
+
+@pytest.mark.parametrize("text, methods, sizes", [
+    ('["reset"]', ("reset",), None), ("[reset]", ("reset",), None), ("reset", ("reset",), None), ("[]", (), None),
+    ("'reset', 'sphere'", ("reset", "sphere"), None), (None, (), "[64, 64]"), (None, (), "64,64"), (None, (), "(64,64)"),
+])
+def test_list_fields_read_json_and_plain_comma_lists(text, methods, sizes):
+    """A sweep spec's YAML mapping writes lists as JSON (`["reset"]`); the command line writes `[reset]`."""
+    overrides = ([f"methods={text}"] if text is not None else []) + ([f"net.hidden_sizes={sizes}"] if sizes else [])
+    cfg = Config().override(overrides).validate()
+    assert cfg.methods == methods
+    assert cfg.net.hidden_sizes == ((64, 64) if sizes else (256, 256, 256))
