@@ -151,3 +151,102 @@ def test_a_run_killed_before_a_reset_resumes_exactly(tmp_path):
     Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
     assert compare_runs(ref.root, crashed.root) == []
     assert read_metrics(crashed.path("events.csv")) == read_metrics(ref.path("events.csv"))
+
+
+# ------------------------------------------------------------------------------------ loss-kind methods
+
+
+def _ppo(*extra, actor="topk_moe"):
+    cfg = Config().override([*SMALL_NET, f"net.actor={actor}", *extra]).validate()
+    ppo = PPO(cfg, obs_dim=15, action_dim=3)
+    state = ppo.init(jax.random.PRNGKey(0))
+    rng = np.random.default_rng(0)
+    mb = Batch(*(jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(64, 15), (64, 3), (64,), (64,), (64,)]))
+    return ppo, state, mb
+
+
+def _np_half_sq(tree, anchor=None):
+    leaves = [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+    refs = [np.asarray(x, np.float64) for x in jax.tree.leaves(anchor)] if anchor is not None else [0.0] * len(leaves)
+    return 0.5 * sum(float(np.sum((x - r) ** 2)) for x, r in zip(leaves, refs))
+
+
+def _base_gradient(ppo, params, mb):
+    terms = lambda p: ppo._losses(p, mb)[0]  # noqa: E731
+    return jax.grad(lambda p: terms(p)["actor/base"] + terms(p)["critic/base"])(params)
+
+
+def _close(a, b, rtol=1e-4, atol=1e-6):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
+
+
+def test_l2_is_half_the_squared_norm_and_adds_lambda_theta_to_the_gradient():
+    ppo, state, mb = _ppo("methods=[l2]", "l2.coef=0.01")
+    terms, _ = ppo._losses(state.params, mb, state.reg_state)
+    for network in ("actor", "critic"):
+        assert float(terms[f"{network}/l2/penalty"]) == pytest.approx(_np_half_sq(state.params[network]), rel=1e-5)
+    grads, metrics = ppo._gradients(state.params, mb, state.reg_state)
+    expected = jax.tree.map(lambda g, p: g + 0.01 * p, _base_gradient(ppo, state.params, mb), state.params)
+    _close(grads, expected)
+    assert float(metrics["l2/penalty/lambda"]) == pytest.approx(0.01)
+    assert float(metrics["l2/critic/penalty"]) == pytest.approx(_np_half_sq(state.params["critic"]), rel=1e-5)
+
+
+def test_l2_init_pulls_towards_the_first_parameters_and_keeps_them_across_tasks():
+    ppo, state, mb = _ppo("methods=[l2_init]", "l2_init.coef=0.1", "l2_init.networks=actor")
+    first = state.params
+    state, _ = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
+    state = ppo.start_task(state)  # a new task: the anchor stays the very first parameters
+    _close(state.reg_state["l2_init"]["actor"], first["actor"], rtol=0, atol=0)
+    terms, _ = ppo._losses(state.params, mb, state.reg_state)
+    assert float(terms["actor/l2_init/penalty"]) == pytest.approx(_np_half_sq(state.params["actor"], first["actor"]),
+                                                                  rel=1e-4)
+    assert "critic/l2_init/penalty" not in terms
+    grads, _ = ppo._gradients(state.params, mb, state.reg_state)
+    base = _base_gradient(ppo, state.params, mb)
+    _close(grads["actor"], jax.tree.map(lambda g, p, a: g + 0.1 * (p - a), base["actor"], state.params["actor"],
+                                        first["actor"]))
+    _close(grads["critic"], base["critic"])
+    # anchor=task: the parameters at the task's start
+    ppo_t, state_t, _ = _ppo("methods=[l2_init]", "l2_init.anchor=task")
+    moved = state_t.replace(params=jax.tree.map(lambda x: x + 1.0, state_t.params))
+    _close(ppo_t.start_task(moved).reg_state["l2_init"], moved.params, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sphere_mode", ["loss", "grad"])
+def test_loss_methods_compose_with_sphere_each_weighted_by_its_own_mode(sphere_mode):
+    """SPHERE (loss or grad mode) + L2-init (fixed) + L2 (loss mode): the gradient is the base gradient plus
+    each term's own weighted gradient; SPHERE's grad-mode scale uses the base gradient alone."""
+    ppo, state, mb = _ppo("reg.name=sphere", f"reg.mode={sphere_mode}", "methods=[l2_init,l2]", "l2_init.coef=0.1",
+                          "l2.mode=loss", "l2.coef=0.02")
+    grads, metrics = ppo._gradients(state.params, mb, state.reg_state)
+    terms, m = ppo._losses(state.params, mb, state.reg_state)
+    base = _base_gradient(ppo, state.params, mb)
+    g_sphere = jax.grad(lambda p: ppo._losses(p, mb, state.reg_state)[0]["actor/feature"])(state.params)
+    norm = lambda t: float(np.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(t)) + 1e-8))  # noqa: E731
+    if sphere_mode == "grad":
+        s = ppo.cfg.reg.resolved_coef * norm(base["actor"]) / (norm(g_sphere["actor"]) + 1e-8)
+    else:
+        s = ppo.cfg.reg.resolved_coef * abs(float(m["policy_objective"])) / (float(terms["actor/feature"]) + 1e-8)
+    assert float(metrics["reg/lambda"]) == pytest.approx(s, rel=1e-3)
+    lam_l2 = {n: 0.02 * float(ppo._base_loss_for_scale(n, m)) / (float(terms[f"{n}/l2/penalty"]) + 1e-8)
+              for n in ("actor", "critic")}
+    assert float(metrics["l2/penalty/lambda"]) == pytest.approx(lam_l2["actor"], rel=1e-4)
+    assert float(metrics["l2/critic/penalty/lambda"]) == pytest.approx(lam_l2["critic"], rel=1e-4)
+    expected = {n: jax.tree.map(lambda g, gs, p, a: g + s * gs + 0.1 * (p - a) + lam_l2[n] * p, base[n], g_sphere[n],
+                                state.params[n], state.reg_state["l2_init"][n]) for n in ("actor", "critic")}
+    _close(grads, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("actor", ["mlp", "topk_moe", "dense_moe", "ds_moe"])
+@pytest.mark.parametrize("method", sorted(set(METHODS) - {"load_balance"}))
+def test_every_method_on_every_actor_builds_and_takes_one_update(method, actor):
+    extra = ["reg.name=sphere"] if method == "sphere" else [f"methods=[{method}]"]
+    ppo, state, mb = _ppo(*extra, actor=actor)
+    assert method in ppo.methods
+    new, metrics = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(new.params))
+    assert float(metrics["n_updates"]) > 0
+    switched, _ = ppo.task_switch(new, jax.random.PRNGKey(2), 1)
+    assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(ppo.start_task(switched).params))

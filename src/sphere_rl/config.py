@@ -248,6 +248,34 @@ class DiagConfig:
 
 
 @dataclass(frozen=True)
+class L2Config:
+    """Method `l2`: 0.5 sum theta^2 over every parameter, added to the loss (docs/methods.md)."""
+
+    coef: float = 1e-3
+    """lambda in `fixed` mode (Plasticine's Adam weight decay 1e-3 is this term with lambda 1e-3); the
+    ratio to the base loss (`loss`) or its gradient norm (`grad`) otherwise."""
+    mode: str = "fixed"
+    """How the term is weighted: `fixed`, `loss` or `grad` (as `reg.mode`)."""
+    networks: str = "both"
+    """`actor`, `critic` or `both`."""
+
+
+@dataclass(frozen=True)
+class L2InitConfig:
+    """Method `l2_init` (regenerative regularisation): 0.5 sum (theta - theta_0)^2 added to the loss."""
+
+    coef: float = 1e-2
+    """lambda in `fixed` mode: Kumar et al.'s value 1e-2 with the official code's 0.5 factor; the ratio
+    in `loss`/`grad` mode."""
+    mode: str = "fixed"
+    """How the term is weighted: `fixed`, `loss` or `grad` (as `reg.mode`)."""
+    networks: str = "both"
+    """`actor`, `critic` or `both`."""
+    anchor: str = "init"
+    """theta_0: `init` (the very first parameters, the paper's) or `task` (the parameters at each task's start)."""
+
+
+@dataclass(frozen=True)
 class ResetConfig:
     """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
 
@@ -271,6 +299,8 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     diag: DiagConfig = field(default_factory=DiagConfig)
     reset: ResetConfig = field(default_factory=ResetConfig)
+    l2: L2Config = field(default_factory=L2Config)
+    l2_init: L2InitConfig = field(default_factory=L2InitConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -509,6 +539,14 @@ def _validate(cfg: Config) -> None:
     if "load_balance" in cfg.methods:
         _check(n.load_balance_coef > 0, "net.load_balance_coef", "must be > 0 when methods lists load_balance",
                n.load_balance_coef)
+    for section in (cfg.l2, cfg.l2_init):
+        prefix = "l2" if section is cfg.l2 else "l2_init"
+        _check(section.coef >= 0, f"{prefix}.coef", "must be >= 0", section.coef)
+        _check(section.mode in ("loss", "grad", "fixed"), f"{prefix}.mode", "must be 'loss', 'grad' or 'fixed'",
+               section.mode)
+        _check(section.networks in ("actor", "critic", "both"), f"{prefix}.networks",
+               "must be 'actor', 'critic' or 'both'", section.networks)
+    _check(cfg.l2_init.anchor in ("init", "task"), "l2_init.anchor", "must be 'init' or 'task'", cfg.l2_init.anchor)
     from sphere_rl.methods.reset import PARTS as RESET_PARTS
 
     _check(len(cfg.reset.parts) >= 1 and all(part in RESET_PARTS for part in cfg.reset.parts), "reset.parts",

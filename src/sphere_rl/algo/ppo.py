@@ -38,7 +38,7 @@ from sphere_rl.algo.losses import (
 from sphere_rl.algo.normalizer import RunningMeanStd
 from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
-from sphere_rl.methods import Events, build_interventions, enabled_methods
+from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods
 from sphere_rl.regularizers import make_regularizer
 
 Params = dict[str, Any]
@@ -110,6 +110,27 @@ def with_learning_rate(opt_states: dict[str, Any], learning_rate: jax.Array) -> 
     return {name: s._replace(hyperparams={**s.hyperparams, "learning_rate": lr}) for name, s in opt_states.items()}
 
 
+class Penalty(NamedTuple):
+    """One enabled penalty term as `_gradients` weights it."""
+
+    key: str
+    """Its name among `_losses`' terms: `<network>/<term>` (SPHERE), `<network>/<method>/<term>`."""
+    network: str
+    mode: str
+    """`loss`, `grad` or `fixed` (see `_gradients`)."""
+    coef: float
+    metric: str
+    """Its value's metric name; `metric_of(what)` names its lambda, loss share and gradient share."""
+
+    def metric_of(self, what: str) -> str:
+        return f"{self.metric}/{what}" if self.metric != "reg/penalty" else f"reg/{what}"
+
+
+def _method_metric(method: str, network: str, what: str) -> str:
+    """Metric name of a (non-SPHERE) loss method's term or info: `<method>/<what>`, `<method>/critic/<what>`."""
+    return f"{method}/{what}" if network == "actor" else f"{method}/{network}/{what}"
+
+
 class PPO:
     """Static description of a PPO learner (networks, optimiser, regulariser) plus jitted functions.
 
@@ -126,10 +147,14 @@ class PPO:
         """Every plasticity method the config switches on (`sphere_rl.methods`)."""
         self.regularizer = make_regularizer(cfg.reg if "sphere" not in self.methods or cfg.reg.name == "sphere"
                                             else dataclasses.replace(cfg.reg, name="sphere"))
+        """SPHERE (None when off); its state is `reg_state[network]` and its terms `<network>/<term>`."""
         self.interventions = build_interventions(cfg)
         self.reg_networks: tuple[str, ...] = ()
         if self.regularizer is not None:
             self.reg_networks = ("actor", "critic") if cfg.reg.critic else ("actor",)
+        self.losses: tuple[LossMethod, ...] = build_losses(cfg)
+        """The other loss-kind methods (L2, L2-init, ...): state `reg_state[method][network]`, terms
+        `<network>/<method>/<term>`, each weighted by its own mode and coefficient."""
         p = cfg.ppo
         self.tx = optax.inject_hyperparams(_make_optimizer, static_args=("max_grad_norm", "eps"))(
             learning_rate=p.lr, max_grad_norm=p.max_grad_norm, eps=p.adam_eps
@@ -145,6 +170,10 @@ class PPO:
         reg_state = None
         if self.regularizer is not None:
             reg_state = {name: self.regularizer.init_state(params[name]) for name in self.reg_networks}
+        if self.losses:
+            reg_state = dict(reg_state or {})
+            for method in self.losses:
+                reg_state[method.name] = {n: method.regularizer.init_state(params[n]) for n in method.networks}
         return AgentState(params=params, opt_state=self.init_optimizer(params),
                           obs_rms=RunningMeanStd.create(self.obs_dim),
                           kl_lr=jnp.asarray(self.cfg.ppo.lr, jnp.float32), reg_state=reg_state)
@@ -168,9 +197,14 @@ class PPO:
         p = self.cfg.ppo
         if p.kl_mode == "adaptive_lr" and p.kl_lr_at_task_start == "reset":
             state = state.replace(kl_lr=jnp.asarray(p.lr, jnp.float32))
-        if self.regularizer is not None:
-            reg_state = {name: self.regularizer.on_task_start(state.reg_state[name], state.params[name])
-                         for name in self.reg_networks}
+        if self.regularizer is not None or self.losses:
+            reg_state = dict(state.reg_state)
+            for name in self.reg_networks:
+                reg_state[name] = self.regularizer.on_task_start(state.reg_state[name], state.params[name])
+            for method in self.losses:
+                reg_state[method.name] = {n: method.regularizer.on_task_start(state.reg_state[method.name][n],
+                                                                              state.params[n])
+                                          for n in method.networks}
             state = state.replace(reg_state=reg_state)
         return state
 
@@ -257,8 +291,15 @@ class PPO:
             metrics.update({f"{prefix}{k}": v for k, v in info.items()})
         # every enabled term has a value; a term the network cannot have (SPHERE's routing term on a
         # network without a router) is 0 and adds nothing, whatever the mode
-        for name, term, _ in self._penalty_terms():
+        for name, term, _ in self._sphere_terms():
             terms[f"{name}/{term}"] = reg_terms[name].get(term, jnp.zeros((), jnp.float32))
+        for method in self.losses:
+            for name in method.networks:
+                state = None if reg_state is None else reg_state[method.name][name]
+                values, info = method.regularizer.penalty(outputs[name], params[name], state)
+                for term in method.regularizer.coefs:
+                    terms[f"{name}/{method.name}/{term}"] = values.get(term, jnp.zeros((), jnp.float32))
+                metrics.update({_method_metric(method.name, name, k): v for k, v in info.items()})
         return terms, metrics
 
     def _base_loss_for_scale(self, name: str, metrics: dict[str, jax.Array]) -> jax.Array:
@@ -276,20 +317,32 @@ class PPO:
             return f"reg/{what or 'penalty'}"
         return f"reg/{name}/{term}" + (f"/{what}" if what else "")
 
-    def _term_metrics(self, name: str, term: str, value: jax.Array, lam: jax.Array,
+    def _term_metrics(self, penalty: "Penalty", value: jax.Array, lam: jax.Array,
                       metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        base = self._base_loss_for_scale(name, metrics)
+        base = self._base_loss_for_scale(penalty.network, metrics)
         return {
-            self._metric_key(name, term, ""): value,
-            self._metric_key(name, term, "lambda"): lam,
-            self._metric_key(name, term, "loss_share"): lam * value / (base + 1e-8),
+            penalty.metric: value,
+            penalty.metric_of("lambda"): lam,
+            penalty.metric_of("loss_share"): lam * value / (base + 1e-8),
         }
 
-    def _penalty_terms(self) -> list[tuple[str, str, float]]:
-        """(network, term, coefficient) of every enabled penalty term, in a fixed order."""
+    def _sphere_terms(self) -> list[tuple[str, str, float]]:
+        """(network, term, coefficient) of every enabled SPHERE term, in a fixed order."""
         if self.regularizer is None:
             return []
         return [(name, term, coef) for name in self.reg_networks for term, coef in self.regularizer.coefs.items() if coef > 0]
+
+    def _penalty_terms(self) -> list[Penalty]:
+        """Every enabled penalty term, SPHERE's first, in a fixed order, with its weighting mode."""
+        out = [Penalty(f"{name}/{term}", name, self.cfg.reg.mode, coef, self._metric_key(name, term, ""))
+               for name, term, coef in self._sphere_terms()]
+        for method in self.losses:
+            for name in method.networks:
+                for term, coef in method.regularizer.coefs.items():
+                    if coef > 0:
+                        out.append(Penalty(f"{name}/{method.name}/{term}", name, method.mode, coef,
+                                           _method_metric(method.name, name, term)))
+        return out
 
     def _gradients(self, params: Params, mb: Batch, reg_state: Any = None) -> tuple[Params, dict[str, jax.Array]]:
         """Gradients of the weighted loss, and metrics. Each penalty term gets its own weight, per network:
@@ -302,47 +355,59 @@ class PPO:
         lambda * L_term / |L_base| and, in `grad` mode, its gradient share |s g_term| / |g_base|
         (= coef up to the epsilons, by construction).
         """
-        reg = self.cfg.reg
         penalties = self._penalty_terms()
-        if reg.mode != "grad" or not penalties:
+        by_grad = [p for p in penalties if p.mode == "grad"]
+        added = [p for p in penalties if p.mode != "grad"]
+
+        def weighted(terms: dict[str, jax.Array], metrics: dict[str, jax.Array]) -> jax.Array:
+            """The base loss plus every `fixed`/`loss`-mode term times its lambda (logging each)."""
+            loss = terms["actor/base"] + terms["critic/base"]
+            for p in added:
+                value = terms[p.key]
+                if p.mode == "fixed":
+                    lam = jnp.asarray(p.coef, jnp.float32)
+                else:
+                    lam = jax.lax.stop_gradient(p.coef * self._base_loss_for_scale(p.network, metrics) / (value + 1e-8))
+                loss = loss + lam * value
+                metrics.update(self._term_metrics(p, value, lam, metrics))
+            return loss
+
+        if not by_grad:
 
             def total_loss(params: Params):
                 terms, metrics = self._losses(params, mb, reg_state)
-                loss = terms["actor/base"] + terms["critic/base"]
-                for name, term, coef in penalties:
-                    value = terms[f"{name}/{term}"]
-                    if reg.mode == "fixed":
-                        lam = jnp.asarray(coef, jnp.float32)
-                    else:
-                        lam = jax.lax.stop_gradient(coef * self._base_loss_for_scale(name, metrics) / (value + 1e-8))
-                    loss = loss + lam * value
-                    metrics.update(self._term_metrics(name, term, value, lam, metrics))
-                return loss, metrics
+                return weighted(terms, metrics), metrics
 
             (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
         else:
-            names = ["base", *(f"{name}/{term}" for name, term, _ in penalties)]
 
             def stacked(params: Params):
                 terms, metrics = self._losses(params, mb, reg_state)
-                values = [terms["actor/base"] + terms["critic/base"], *(terms[n] for n in names[1:])]
+                base = terms["actor/base"] + terms["critic/base"]
+                values = [base, *(terms[p.key] for p in by_grad)]
+                if added:
+                    values.append(weighted(terms, metrics) - base)
                 return jnp.stack(values), metrics
 
             values, vjp_fn, metrics = jax.vjp(stacked, params, has_aux=True)
-            basis = jnp.eye(len(names), dtype=values.dtype)
+            basis = jnp.eye(values.shape[0], dtype=values.dtype)
             (g_base,) = vjp_fn(basis[0])
             grads = dict(g_base)
             loss = values[0]
-            for i, (name, term, coef) in enumerate(penalties, start=1):
+            for i, p in enumerate(by_grad, start=1):
                 (g_term,) = vjp_fn(basis[i])
-                base_norm = _official_norm(g_base[name])
-                term_norm = _official_norm(g_term[name])
-                scale = jax.lax.stop_gradient(coef * base_norm / (term_norm + NORM_EPS))
-                grads[name] = jax.tree.map(lambda g, t: g + scale * t, grads[name], g_term[name])
+                base_norm = _official_norm(g_base[p.network])
+                term_norm = _official_norm(g_term[p.network])
+                scale = jax.lax.stop_gradient(p.coef * base_norm / (term_norm + NORM_EPS))
+                grads[p.network] = jax.tree.map(lambda g, t: g + scale * t, grads[p.network], g_term[p.network])
                 loss = loss + scale * values[i]
-                metrics.update(self._term_metrics(name, term, values[i], scale, metrics))
-                metrics[self._metric_key(name, term, "grad_share")] = scale * _global_norm(g_term[name]) / _global_norm(g_base[name])
-        if not any(name == "actor" and term == "feature" for name, term, _ in penalties):
+                metrics.update(self._term_metrics(p, values[i], scale, metrics))
+                metrics[p.metric_of("grad_share")] = scale * _global_norm(g_term[p.network]) / _global_norm(g_base[p.network])
+            if added:  # the fixed/loss-mode terms, already weighted: their gradient as it is
+                (g_added,) = vjp_fn(basis[-1])
+                grads = jax.tree.map(lambda g, a: g + a, grads, g_added)
+                loss = loss + values[-1]
+        if not any(p.key == "actor/feature" for p in penalties):
             metrics.update({"reg/penalty": jnp.zeros(()), "reg/lambda": jnp.zeros(())})
         metrics["loss"] = loss
         metrics["grad_norm/actor"] = _global_norm(grads["actor"])

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from sphere_rl.methods import reset
-from sphere_rl.methods.base import KINDS, Events, Intervention, MethodSpec, settings_of
+from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
+from sphere_rl.regularizers.l2 import L2, L2Init
 
-__all__ = ["KINDS", "METHODS", "Events", "Intervention", "MethodSpec", "enabled_methods", "build_interventions",
-           "register_method", "settings_of"]
+__all__ = ["KINDS", "METHODS", "Events", "Intervention", "LossMethod", "MethodSpec", "enabled_methods",
+           "build_interventions", "build_losses", "register_method", "settings_of"]
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -40,6 +41,23 @@ register_method(MethodSpec(
     settings=("net.load_balance_coef",),
     summary="auxiliary load-balancing loss of MoE routers (Switch Transformer form), weight net.load_balance_coef",
     reference="Fedus, Zoph, Shazeer 2022, Switch Transformers, JMLR (eq. 4)"))
+def _networks(which: str) -> tuple[str, ...]:
+    return ("actor", "critic") if which == "both" else (which,)
+
+
+register_method(MethodSpec(
+    name="l2", kind="loss", section="l2",
+    build=lambda cfg: LossMethod("l2", L2(coef=cfg.l2.coef), _networks(cfg.l2.networks), cfg.l2.mode),
+    summary="L2 towards zero: 0.5 sum theta^2 over every parameter (coupled, as Adam weight decay)",
+    reference="the usual L2 baseline of plasticity studies (e.g. Plasticine; Kumar et al. 2023 §5)"))
+register_method(MethodSpec(
+    name="l2_init", kind="loss", section="l2_init",
+    build=lambda cfg: LossMethod("l2_init", L2Init(coef=cfg.l2_init.coef, anchor=cfg.l2_init.anchor),
+                                 _networks(cfg.l2_init.networks), cfg.l2_init.mode),
+    summary="L2-init (regenerative): 0.5 sum (theta - theta_0)^2, theta_0 the very first parameters "
+            "(l2_init.anchor=task: each task's start)",
+    reference="Kumar, Marklund, Van Roy 2023, Maintaining Plasticity in Continual Learning via Regenerative "
+              "Regularization, CoLLAs 2024 (arXiv 2308.11958); code skumar9876/L2_Init"))
 register_method(MethodSpec(
     name="reset", kind="intervention", section="reset", build=reset.build,
     summary="re-initialise parts of the agent at every CRL task switch (reset.parts: all, actor, critic, heads, "
@@ -61,3 +79,11 @@ def enabled_methods(cfg: Any) -> tuple[str, ...]:
 def build_interventions(cfg: Any) -> tuple[Intervention, ...]:
     """The interventions of a config's enabled methods, in order."""
     return tuple(METHODS[name].build(cfg) for name in enabled_methods(cfg) if METHODS[name].kind == "intervention")
+
+
+def build_losses(cfg: Any) -> tuple[LossMethod, ...]:
+    """The loss-kind methods of a config other than SPHERE and load balancing (which PPO and the networks
+    build their own way), in order."""
+    return tuple(METHODS[name].build(cfg) for name in enabled_methods(cfg)
+                 if METHODS[name].kind == "loss" and METHODS[name].build is not None)
+

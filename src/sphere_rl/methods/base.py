@@ -43,6 +43,17 @@ class MethodSpec:
     """Config -> the object PPO uses (an Intervention for the `intervention` kind)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class LossMethod:
+    """A loss-kind method as PPO uses it: its penalty terms on `networks`, weighted in `mode` (`fixed`:
+    lambda = coef; `loss`, `grad`: coef is the ratio to the base loss or its gradient, as SPHERE's modes)."""
+
+    name: str
+    regularizer: Any
+    networks: tuple[str, ...]
+    mode: str = "fixed"
+
+
 def settings_of(spec: MethodSpec, cfg: Any) -> dict[str, Any]:
     """{dotted field: value in `cfg`} of a method's settings."""
     names = spec.settings
