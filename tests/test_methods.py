@@ -10,7 +10,7 @@ from sphere_rl.algo.ppo import PPO, Batch
 from sphere_rl.config import Config, ConfigError
 from sphere_rl.experiments.kill_resume import SMALL_CRL, compare_runs
 from sphere_rl.methods import METHODS, enabled_methods
-from sphere_rl.methods.base import path_names
+from sphere_rl.nets.paths import path_names
 from sphere_rl.methods.reset import PARTS, Reset
 from sphere_rl.protocols.runner import _SWITCH, Runner
 from sphere_rl.runs import RunDir
@@ -250,3 +250,50 @@ def test_every_method_on_every_actor_builds_and_takes_one_update(method, actor):
     assert float(metrics["n_updates"]) > 0
     switched, _ = ppo.task_switch(new, jax.random.PRNGKey(2), 1)
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(ppo.start_task(switched).params))
+
+
+def _np_parseval(params, scale):
+    """Σ over hidden kernels of (64/width)^2 ||K^T K - s I||_F^2, experts one by one, in float64."""
+    total = 0.0
+    for names, kernel in ((path_names(p), np.asarray(x, np.float64))
+                          for p, x in jax.tree_util.tree_flatten_with_path(params)[0]):
+        if names[-1] != "kernel" or not any(n.startswith(("dense_", "layer_")) for n in names):
+            continue
+        for k in kernel.reshape((-1,) + kernel.shape[-2:]):
+            total += (64 / k.shape[1]) ** 2 * float(np.sum((k.T @ k - scale * np.eye(k.shape[1])) ** 2))
+    return total
+
+
+@pytest.mark.parametrize("actor", ["mlp", "topk_moe", "ds_moe"])
+def test_parseval_term_and_gradient_match_numpy(actor):
+    ppo, state, mb = _ppo("methods=[parseval]", "parseval.coef=0.001", actor=actor)
+    assert ppo.losses[0].regularizer.scale == 1.0  # the default init's squared gain
+    terms, _ = ppo._losses(state.params, mb, state.reg_state)
+    for network in ("actor", "critic"):
+        assert float(terms[f"{network}/parseval/penalty"]) == pytest.approx(_np_parseval(state.params[network], 1.0),
+                                                                            rel=1e-4)
+    # d/dK ||K^T K - s I||^2 = 4 K (K^T K - s I) on hidden kernels; nothing on heads, biases, log_std
+    grads, _ = ppo._gradients(state.params, mb, state.reg_state)
+    base = _base_gradient(ppo, state.params, mb)
+
+    def expected(path, g, k):
+        names = path_names(path)
+        if names[-1] != "kernel" or not any(n.startswith(("dense_", "layer_")) for n in names):
+            return np.asarray(g)
+        k = np.asarray(k, np.float64)
+        gram = np.einsum("...io,...ip->...op", k, k) - np.eye(k.shape[-1])
+        return np.asarray(g) + 0.001 * (64 / k.shape[-1]) ** 2 * 4 * np.einsum("...io,...op->...ip", k, gram)
+
+    want = jax.tree_util.tree_map_with_path(expected, base, state.params)
+    _close(grads, want, rtol=1e-3, atol=1e-6)
+
+
+def test_parseval_is_zero_on_scaled_orthogonal_square_layers_and_follows_the_init():
+    from sphere_rl.regularizers.parseval import parseval_layer
+
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(32, 32)))
+    assert float(parseval_layer(jnp.asarray(np.sqrt(2.0) * q, jnp.float32), 2.0)) == pytest.approx(0.0, abs=1e-8)
+    assert float(parseval_layer(jnp.asarray(q, jnp.float32), 2.0)) == pytest.approx(32.0, rel=1e-5)  # (1-2)^2 x 32
+    ortho, _, _ = _ppo("methods=[parseval]", "net.init=orthogonal")
+    assert ortho.losses[0].regularizer.scale == 2.0  # the official code's target with gain sqrt(2)
+    assert _ppo("methods=[parseval]", "parseval.scale=3")[0].losses[0].regularizer.scale == 3.0

@@ -276,6 +276,21 @@ class L2InitConfig:
 
 
 @dataclass(frozen=True)
+class ParsevalConfig:
+    """Method `parseval`: sum over hidden layers of (64 / width)^2 ||W W^T - s I||_F^2 (docs/methods.md)."""
+
+    coef: float = 1e-3
+    """lambda in `fixed` mode (the official MetaWorld value; CARL tasks used 1e-4); the ratio in `loss`/`grad`."""
+    mode: str = "fixed"
+    """How the term is weighted: `fixed`, `loss` or `grad` (as `reg.mode`)."""
+    networks: str = "both"
+    """`actor`, `critic` or `both` (official: both)."""
+    scale: float | None = None
+    """s, the target squared norm of each neuron's incoming weights; None: the initialisation's (1 for
+    `net.init=official`, LeCun normal; 2 for `orthogonal` with gain sqrt(2), the official code's)."""
+
+
+@dataclass(frozen=True)
 class ResetConfig:
     """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
 
@@ -301,6 +316,7 @@ class Config:
     reset: ResetConfig = field(default_factory=ResetConfig)
     l2: L2Config = field(default_factory=L2Config)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
+    parseval: ParsevalConfig = field(default_factory=ParsevalConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -539,13 +555,15 @@ def _validate(cfg: Config) -> None:
     if "load_balance" in cfg.methods:
         _check(n.load_balance_coef > 0, "net.load_balance_coef", "must be > 0 when methods lists load_balance",
                n.load_balance_coef)
-    for section in (cfg.l2, cfg.l2_init):
-        prefix = "l2" if section is cfg.l2 else "l2_init"
+    for prefix in ("l2", "l2_init", "parseval"):
+        section = getattr(cfg, prefix)
         _check(section.coef >= 0, f"{prefix}.coef", "must be >= 0", section.coef)
         _check(section.mode in ("loss", "grad", "fixed"), f"{prefix}.mode", "must be 'loss', 'grad' or 'fixed'",
                section.mode)
         _check(section.networks in ("actor", "critic", "both"), f"{prefix}.networks",
                "must be 'actor', 'critic' or 'both'", section.networks)
+    _check(cfg.parseval.scale is None or cfg.parseval.scale > 0, "parseval.scale", "must be > 0 (or none: the init's)",
+           cfg.parseval.scale)
     _check(cfg.l2_init.anchor in ("init", "task"), "l2_init.anchor", "must be 'init' or 'task'", cfg.l2_init.anchor)
     from sphere_rl.methods.reset import PARTS as RESET_PARTS
 

@@ -14,6 +14,7 @@ from typing import Any
 from sphere_rl.methods import reset
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
 from sphere_rl.regularizers.l2 import L2, L2Init
+from sphere_rl.regularizers.parseval import Parseval
 
 __all__ = ["KINDS", "METHODS", "Events", "Intervention", "LossMethod", "MethodSpec", "enabled_methods",
            "build_interventions", "build_losses", "register_method", "settings_of"]
@@ -58,6 +59,18 @@ register_method(MethodSpec(
             "(l2_init.anchor=task: each task's start)",
     reference="Kumar, Marklund, Van Roy 2023, Maintaining Plasticity in Continual Learning via Regenerative "
               "Regularization, CoLLAs 2024 (arXiv 2308.11958); code skumar9876/L2_Init"))
+def _parseval(cfg: Any) -> LossMethod:
+    p = cfg.parseval
+    scale = p.scale if p.scale is not None else (2.0 if cfg.net.init == "orthogonal" else 1.0)
+    return LossMethod("parseval", Parseval(coef=p.coef, scale=scale), _networks(p.networks), p.mode)
+
+
+register_method(MethodSpec(
+    name="parseval", kind="loss", section="parseval", build=_parseval,
+    summary="Parseval: sum over hidden layers of (64/width)^2 ||W W^T - s I||_F^2, s the init's squared gain "
+            "(outputs and biases excluded)",
+    reference="Chung, Cherif, Meger, Precup 2024, Parseval Regularization for Continual Reinforcement Learning, "
+              "NeurIPS (arXiv 2412.07224); code wechu/parseval_reg"))
 register_method(MethodSpec(
     name="reset", kind="intervention", section="reset", build=reset.build,
     summary="re-initialise parts of the agent at every CRL task switch (reset.parts: all, actor, critic, heads, "

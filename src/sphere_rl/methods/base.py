@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sphere_rl.nets.paths import leaf_mask, path_names  # noqa: F401  (re-exported for methods)
+
 KINDS = ("loss", "intervention", "architecture", "optimizer")
 
 Events = dict[str, float]
@@ -84,24 +86,6 @@ class Intervention(abc.ABC):
 
 
 # ------------------------------------------------------------------------------------ parameter surgery
-
-
-def path_names(path: tuple) -> tuple[str, ...]:
-    """The key names of a `jax.tree_util` path (dict keys and attribute names)."""
-    out = []
-    for entry in path:
-        name = getattr(entry, "key", None)
-        if name is None:
-            name = getattr(entry, "name", None)
-        if name is None:
-            name = getattr(entry, "idx", "")
-        out.append(str(name))
-    return tuple(out)
-
-
-def leaf_mask(params: Any, select: Callable[[tuple[str, ...]], bool]) -> Any:
-    """A tree of bools like `params`: True where `select(path names)` holds."""
-    return jax.tree_util.tree_map_with_path(lambda path, _: bool(select(path_names(path))), params)
 
 
 def _masked_moments(opt_state: Any, mask: Any) -> Any:
