@@ -297,3 +297,100 @@ def test_parseval_is_zero_on_scaled_orthogonal_square_layers_and_follows_the_ini
     ortho, _, _ = _ppo("methods=[parseval]", "net.init=orthogonal")
     assert ortho.losses[0].regularizer.scale == 2.0  # the official code's target with gain sqrt(2)
     assert _ppo("methods=[parseval]", "parseval.scale=3")[0].losses[0].regularizer.scale == 3.0
+
+
+# ------------------------------------------------------------------------------------ ReDo
+
+
+def _relu_mlp(params, obs):
+    """Post-activation outputs of every trunk layer of a dense network, in numpy (float64)."""
+    h, out = np.asarray(obs, np.float64), []
+    trunk = params["params"]["trunk"]
+    for i in range(len(trunk)):
+        layer = trunk[f"dense_{i}"]
+        h = np.maximum(h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64), 0.0)
+        out.append(h)
+    return out
+
+
+def test_redo_recycles_exactly_the_dormant_units_of_a_dense_network_as_numpy_scores_them():
+    ppo, state, mb = _ppo("methods=[redo]", "redo.tau=0.4", "redo.every=1", actor="mlp")
+    state, _ = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))  # non-zero moments
+    obs = mb.obs
+    new, events = ppo.after_iteration(state, obs, jax.random.PRNGKey(5), 0)
+    (redo,) = ppo.interventions
+    fresh = ppo.init(jax.random.fold_in(jax.random.PRNGKey(5), 0)).params
+    total = 0
+    for network in ("actor", "critic"):
+        params = state.params[network]["params"]
+        acts = _relu_mlp(state.params[network], obs)
+        head = "mean_head" if network == "actor" else "value_head"
+        adam_old, adam_new = _adam(state.opt_state[network]), _adam(new.opt_state[network])
+        for i, h in enumerate(acts):
+            score = np.abs(h).mean(axis=0)
+            dormant = score / (score.mean() + 0.0) <= 0.4
+            total += int(dormant.sum())
+            nxt = ("trunk", f"dense_{i + 1}") if i + 1 < len(acts) else (head,)
+            k_new = np.asarray(new.params[network]["params"]["trunk"][f"dense_{i}"]["kernel"])
+            k_old = np.asarray(params["trunk"][f"dense_{i}"]["kernel"])
+            k_fresh = np.asarray(fresh[network]["params"]["trunk"][f"dense_{i}"]["kernel"])
+            np.testing.assert_array_equal(k_new[:, dormant], k_fresh[:, dormant])
+            if i == 0:  # the first layer's live columns are untouched (later ones may lose rows of dormant inputs)
+                np.testing.assert_array_equal(k_new[:, ~dormant], k_old[:, ~dormant])
+            b_new = np.asarray(new.params[network]["params"]["trunk"][f"dense_{i}"]["bias"])
+            np.testing.assert_array_equal(b_new[dormant], 0.0)
+            out_new = new.params[network]["params"]
+            for key in nxt:
+                out_new = out_new[key]
+            np.testing.assert_array_equal(np.asarray(out_new["kernel"])[dormant], 0.0)
+            mu_new = adam_new.mu["params"]["trunk"][f"dense_{i}"]["kernel"]
+            mu_old = adam_old.mu["params"]["trunk"][f"dense_{i}"]["kernel"]
+            assert not np.asarray(mu_new)[:, dormant].any()
+            if i == 0:
+                np.testing.assert_array_equal(np.asarray(mu_new)[:, ~dormant], np.asarray(mu_old)[:, ~dormant])
+        np.testing.assert_array_equal(np.asarray(new.params[network]["params"][head]["bias"]),
+                                      np.asarray(params[head]["bias"]))
+    assert events["redo/units"] == float(total) and total > 0
+    assert redo.due(9) is False or redo.every == 1
+
+
+def test_redo_on_an_moe_recycles_a_dead_expert_unit_without_changing_the_policy():
+    ppo, state, mb = _ppo("methods=[redo]", "redo.every=1", "redo.networks=actor", "redo.tau=1e-6", "net.dispatch=dense")
+    experts = state.params["actor"]["params"]["moe"]["experts"]
+    dead = experts["layer_1"]["bias"].at[1, 3].set(-1e3)  # unit 3 of expert 1, layer 1: ReLU output 0 everywhere
+    params = {**state.params, "actor": {"params": {**state.params["actor"]["params"], "moe": {
+        **state.params["actor"]["params"]["moe"], "experts": {**experts, "layer_1": {**experts["layer_1"], "bias": dead}}}}}}
+    state = state.replace(params=params)
+    before = ppo.actor.apply(state.params["actor"], mb.obs).mean
+    new, events = ppo.after_iteration(state, mb.obs, jax.random.PRNGKey(3), 0)
+    after = ppo.actor.apply(new.params["actor"], mb.obs).mean
+    np.testing.assert_allclose(np.asarray(after), np.asarray(before), rtol=1e-5, atol=1e-6)  # outgoing weights zeroed
+    head = np.asarray(new.params["actor"]["params"]["moe"]["experts"]["head"]["kernel"])
+    assert not head[1, 3].any()
+    assert float(new.params["actor"]["params"]["moe"]["experts"]["layer_1"]["bias"][1, 3]) == 0.0
+    assert events["redo/actor_units"] >= 1 and "redo/critic_units" not in events  # dead units only (score 0)
+
+
+def test_a_run_with_redo_logs_every_recycling_and_resumes_exactly(tmp_path):
+    cfg = _cfg("methods=[redo]", "redo.every=2", "redo.tau=0.3")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    events = [e for e in read_metrics(ref.path("events.csv")) if e["event"] == "redo/units"]
+    assert [e["env_step"] for e in events] == [256, 512, 768, 1024, 1280, 1536]  # every 2nd of 6 iterations per task
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = Runner(cfg, crashed)
+    loop, _ = runner.loop_for(runner.tasks[0])
+    real, calls = loop.run_call, {"n": 0}
+
+    def run_call(kind, own, shared):
+        if kind == "iteration":
+            calls["n"] += 1
+            if calls["n"] > 9:  # inside task 1, after its first checkpoint
+                raise _Crash()
+        return real(kind, own, shared)
+
+    loop.run_call = run_call
+    with pytest.raises(_Crash):
+        runner.run()
+    Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
+    assert compare_runs(ref.root, crashed.root) == []

@@ -291,6 +291,19 @@ class ParsevalConfig:
 
 
 @dataclass(frozen=True)
+class RedoConfig:
+    """Method `redo`: recycle dormant hidden units every `every` update phases (docs/methods.md)."""
+
+    tau: float = 0.025
+    """A unit is dormant when its score (mean |activation| over the layer's mean) is <= tau: the ReDo
+    paper's value for its default setting and Plasticine's (the paper uses 0.1 elsewhere)."""
+    every: int = 10
+    """Update phases (PPO iterations) between recyclings: Plasticine's PPO setting (10 iterations)."""
+    networks: str = "both"
+    """`actor`, `critic` or `both`."""
+
+
+@dataclass(frozen=True)
 class ResetConfig:
     """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
 
@@ -317,6 +330,7 @@ class Config:
     l2: L2Config = field(default_factory=L2Config)
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     parseval: ParsevalConfig = field(default_factory=ParsevalConfig)
+    redo: RedoConfig = field(default_factory=RedoConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -565,6 +579,10 @@ def _validate(cfg: Config) -> None:
     _check(cfg.parseval.scale is None or cfg.parseval.scale > 0, "parseval.scale", "must be > 0 (or none: the init's)",
            cfg.parseval.scale)
     _check(cfg.l2_init.anchor in ("init", "task"), "l2_init.anchor", "must be 'init' or 'task'", cfg.l2_init.anchor)
+    _check(0.0 <= cfg.redo.tau < 1.0, "redo.tau", "must be in [0, 1)", cfg.redo.tau)
+    _check(1 <= cfg.redo.every <= 10_000_000, "redo.every", "must be in [1, 10000000] (update phases)", cfg.redo.every)
+    _check(cfg.redo.networks in ("actor", "critic", "both"), "redo.networks", "must be 'actor', 'critic' or 'both'",
+           cfg.redo.networks)
     from sphere_rl.methods.reset import PARTS as RESET_PARTS
 
     _check(len(cfg.reset.parts) >= 1 and all(part in RESET_PARTS for part in cfg.reset.parts), "reset.parts",

@@ -217,6 +217,23 @@ class PPO:
             events.update(done)
         return state, events
 
+    @property
+    def acts_after_iterations(self) -> bool:
+        """Whether some intervention edits the agent after update phases (the runner then calls
+        `after_iteration` with the task's probe states)."""
+        from sphere_rl.methods import Intervention
+
+        return any(type(i).after_iteration is not Intervention.after_iteration for i in self.interventions)
+
+    def after_iteration(self, state: AgentState, obs: jax.Array, key: jax.Array, iteration: int) -> tuple[AgentState, Events]:
+        """What the interventions do after update phase `iteration` of a task (`obs`: the task's probe
+        states, normalised): the new agent and their events."""
+        events: Events = {}
+        for i, intervention in enumerate(self.interventions):
+            state, done = intervention.after_iteration(self, state, obs, jax.random.fold_in(key, i), iteration)
+            events.update(done)
+        return state, events
+
     def learning_rate(self, progress: float) -> float:
         """The schedule at task progress in [0, 1]: linear from lr to lr_final over the first
         `lr_end_fraction` of the task, then lr_final (SB3's `get_linear_fn`, as the official

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sphere_rl.methods import reset
+from sphere_rl.methods import redo, reset
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
 from sphere_rl.regularizers.l2 import L2, L2Init
 from sphere_rl.regularizers.parseval import Parseval
@@ -71,6 +71,12 @@ register_method(MethodSpec(
             "(outputs and biases excluded)",
     reference="Chung, Cherif, Meger, Precup 2024, Parseval Regularization for Continual Reinforcement Learning, "
               "NeurIPS (arXiv 2412.07224); code wechu/parseval_reg"))
+register_method(MethodSpec(
+    name="redo", kind="intervention", section="redo", build=redo.build,
+    summary="ReDo: every redo.every update phases, re-initialise the incoming weights of tau-dormant hidden units "
+            "(bias 0), zero their outgoing weights and the Adam moments of both",
+    reference="Sokar, Agarwal, Castro, Evci 2023, The Dormant Neuron Phenomenon in Deep Reinforcement Learning, "
+              "ICML; code google/dopamine labs/redo"))
 register_method(MethodSpec(
     name="reset", kind="intervention", section="reset", build=reset.build,
     summary="re-initialise parts of the agent at every CRL task switch (reset.parts: all, actor, critic, heads, "

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from sphere_rl.nets.paths import leaf_mask, path_names  # noqa: F401  (re-exported for methods)
@@ -69,8 +70,9 @@ def settings_of(spec: MethodSpec, cfg: Any) -> dict[str, Any]:
 
 
 class Intervention(abc.ABC):
-    """A method that edits the agent outside the loss: at a CRL task switch (`on_task_switch`, in Python,
-    once per switch) or after every update phase (`after_update`, traced into the jitted update).
+    """A method that edits the agent outside the loss: at a CRL task switch (`on_task_switch`, once per
+    switch) or after an update phase (`after_iteration`, between the run's jitted iterations; it is
+    given the task's probe states). Both run in Python for each seed, also in a seed group.
 
     Both return the new agent state and :data:`Events`; they must leave the optimiser state consistent
     with the new parameters (the Adam moments of re-initialised parameters are zero) and be
@@ -82,6 +84,12 @@ class Intervention(abc.ABC):
     def on_task_switch(self, ppo: Any, state: Any, key: jax.Array, task_index: int) -> tuple[Any, Events]:
         """At the start of task `task_index` >= 1 of a CRL run, before the task-start hooks (default: nothing)."""
         del ppo, key, task_index
+        return state, {}
+
+    def after_iteration(self, ppo: Any, state: Any, obs: jax.Array, key: jax.Array, iteration: int) -> tuple[Any, Events]:
+        """After update phase `iteration` (0-based, within the task) with the task's probe states `obs`
+        (normalised as the policy sees them) (default: nothing)."""
+        del ppo, obs, key, iteration
         return state, {}
 
 
@@ -99,6 +107,44 @@ def _masked_moments(opt_state: Any, mask: Any) -> Any:
         return node
 
     return jax.tree.map(fix, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+
+
+class Edit(NamedTuple):
+    """A change to one parameter array: elements where `take` get `fresh`'s values, else where `zero` get 0."""
+
+    zero: np.ndarray
+    take: np.ndarray
+    fresh: Any
+
+
+def edit_elements(state: Any, network: str, plan: dict[tuple[str, ...], Edit]) -> Any:
+    """The agent with `plan` ({parameter path: Edit}) applied to one network's parameters and the Adam first
+    and second moments of every edited element zeroed (step count and other moments kept)."""
+    if not plan:
+        return state
+
+    def new_param(path: tuple, old: Any) -> Any:
+        edit = plan.get(path_names(path))
+        if edit is None:
+            return old
+        return jnp.where(edit.take, edit.fresh, jnp.where(edit.zero, jnp.zeros_like(old), old))
+
+    def new_moment(path: tuple, old: Any) -> Any:
+        edit = plan.get(path_names(path))
+        return old if edit is None else jnp.where(edit.take | edit.zero, jnp.zeros_like(old), old)
+
+    params = dict(state.params)
+    params[network] = jax.tree_util.tree_map_with_path(new_param, state.params[network])
+
+    def fix(node: Any) -> Any:
+        if isinstance(node, optax.ScaleByAdamState):
+            return node._replace(mu=jax.tree_util.tree_map_with_path(new_moment, node.mu),
+                                 nu=jax.tree_util.tree_map_with_path(new_moment, node.nu))
+        return node
+
+    opt_state = dict(state.opt_state)
+    opt_state[network] = jax.tree.map(fix, state.opt_state[network], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+    return state.replace(params=params, opt_state=opt_state)
 
 
 def replace_where(state: Any, masks: dict[str, Any], fresh: dict[str, Any]) -> tuple[Any, int]:

@@ -30,7 +30,7 @@ from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_text
 
 # Streams derived from the seed, fixed so that resume and RL/CRL comparisons line up.
-_INIT, _TASK, _EVAL, _PROBE, _RL_PROBE, _SWITCH = 0, 1, 2, 3, 4, 5
+_INIT, _TASK, _EVAL, _PROBE, _RL_PROBE, _SWITCH, _ITERATION = 0, 1, 2, 3, 4, 5, 6
 CONTINUAL_METRICS_FILE = "continual_metrics.csv"
 EPISODE_KEYS = ("episodes", "episode_return_sum", "episode_length_sum", "episode_success_sum")
 
@@ -200,6 +200,17 @@ class Runner:
         loop, params = self.loop_for(self.tasks[task_index])
         out = jax.device_get(loop.evaluate(agent, params, self._eval_key(task_index)))
         return {"return": float(out["return"]), "success": float(out["success"])}
+
+    def _intervene(self, agent: Any, t: int, it: int, state: dict[str, Any], logger: Any) -> Any:
+        """The methods' after-iteration interventions (e.g. ReDo) on the task's probe states; logs their events."""
+        obs = self.ppo.normalize_obs(agent, jnp.asarray(self.diagnostics.probes[t].states))
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(self.base_key, _ITERATION), t), it)
+        agent, events = self.ppo.after_iteration(agent, obs, key, it)
+        if logger:
+            for what, value in events.items():
+                logger.log("events", {"env_step": state["env_step"], "task_index": t, "task": self.tasks[t],
+                                      "event": what, "value": value})
+        return agent
 
     def _rl_probe(self, agent: Any, t: int, state: dict[str, Any]) -> Generator[Call, Any, dict[str, float]]:
         """The RL plasticity probe of `agent` after task `t` (-1: at initialisation); {} when it is off.
@@ -395,6 +406,8 @@ class Runner:
                     before, after = it * batch, (it + 1) * batch
                     state["iteration"] = it + 1
                     state["env_step"] += batch
+                    if self.ppo.acts_after_iterations:
+                        agent = self._intervene(agent, t, it, state, logger)
                     _accumulate(state["window"], metrics)
                     bar.update(batch)
                     last = state["iteration"] == iterations
