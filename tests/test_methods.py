@@ -394,3 +394,40 @@ def test_a_run_with_redo_logs_every_recycling_and_resumes_exactly(tmp_path):
         runner.run()
     Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
     assert compare_runs(ref.root, crashed.root) == []
+
+
+# ------------------------------------------------------------------------------------ C-CHAIN
+
+
+def test_cchain_is_the_mean_squared_change_of_the_action_mean_on_the_reference_batch():
+    ppo, state, mb = _ppo("methods=[cchain]", "cchain.mode=fixed", "cchain.coef=2.0")
+    rng = np.random.default_rng(1)
+    reg_obs = jnp.asarray(rng.normal(size=(64, 15)), jnp.float32)
+    ref = jax.tree.map(lambda x: x + 0.05 * jnp.asarray(rng.normal(size=x.shape), x.dtype), state.params["actor"])
+    reg_state = {**state.reg_state, "cchain": {"actor": ref}}
+    terms, _ = ppo._losses(state.params, mb, reg_state, reg_obs)
+    now = np.asarray(ppo.actor.apply(state.params["actor"], reg_obs).mean, np.float64)
+    before = np.asarray(ppo.actor.apply(ref, reg_obs).mean, np.float64)
+    assert float(terms["actor/cchain/penalty"]) == pytest.approx(float(np.mean((now - before) ** 2)), rel=1e-4)
+    assert "critic/cchain/penalty" not in terms  # the official scripts leave the critic alone
+    # gradient: only through the current parameters; nothing on log_std
+    grads, _ = ppo._gradients(state.params, mb, reg_state, reg_obs)
+    target = ppo.actor.apply(ref, reg_obs).mean
+    churn = jax.grad(lambda p: jnp.mean(jnp.square(ppo.actor.apply(p, reg_obs).mean - target)))(state.params["actor"])
+    base = _base_gradient(ppo, state.params, mb)
+    _close(grads["actor"], jax.tree.map(lambda g, c: g + 2.0 * c, base["actor"], churn), rtol=1e-3, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(churn["params"]["log_std"]), 0.0)
+
+
+def test_cchain_reference_is_the_parameters_one_step_earlier_and_restarts_at_a_task():
+    ppo, state, mb = _ppo("methods=[cchain]")
+    rng = np.random.default_rng(2)
+    reg = jnp.asarray(rng.normal(size=(32, 15)), jnp.float32)
+    half = jax.tree.map(lambda x: x[:32], mb)
+    (s1, _), m1 = ppo._minibatch_step((state, jnp.asarray(False)), (half, reg))
+    _close(s1.reg_state["cchain"]["actor"], state.params["actor"], rtol=0, atol=0)
+    assert float(m1["cchain/penalty"]) == 0.0  # the first step of a task: the reference is the current agent
+    (s2, _), m2 = ppo._minibatch_step((s1, jnp.asarray(False)), (half, reg))
+    _close(s2.reg_state["cchain"]["actor"], s1.params["actor"], rtol=0, atol=0)
+    assert float(m2["cchain/penalty"]) > 0.0
+    _close(ppo.start_task(s2).reg_state["cchain"]["actor"], s2.params["actor"], rtol=0, atol=0)

@@ -291,6 +291,20 @@ class ParsevalConfig:
 
 
 @dataclass(frozen=True)
+class CChainConfig:
+    """Method `cchain` (C-CHAIN): penalise churn, the change one update makes to the outputs on a second
+    minibatch (docs/methods.md)."""
+
+    coef: float = 0.05
+    """The ratio to |L_pi| in `loss` mode (the official DMC target 0.05); lambda in `fixed` mode."""
+    mode: str = "loss"
+    """How the term is weighted: `loss` (the official rule per minibatch: coef * |L_pi| / L_churn; the
+    official code averages both over a window of iterations), `fixed` or `grad`."""
+    networks: str = "actor"
+    """`actor` (official), `critic` or `both`."""
+
+
+@dataclass(frozen=True)
 class RedoConfig:
     """Method `redo`: recycle dormant hidden units every `every` update phases (docs/methods.md)."""
 
@@ -331,6 +345,7 @@ class Config:
     l2_init: L2InitConfig = field(default_factory=L2InitConfig)
     parseval: ParsevalConfig = field(default_factory=ParsevalConfig)
     redo: RedoConfig = field(default_factory=RedoConfig)
+    cchain: CChainConfig = field(default_factory=CChainConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -569,7 +584,7 @@ def _validate(cfg: Config) -> None:
     if "load_balance" in cfg.methods:
         _check(n.load_balance_coef > 0, "net.load_balance_coef", "must be > 0 when methods lists load_balance",
                n.load_balance_coef)
-    for prefix in ("l2", "l2_init", "parseval"):
+    for prefix in ("l2", "l2_init", "parseval", "cchain"):
         section = getattr(cfg, prefix)
         _check(section.coef >= 0, f"{prefix}.coef", "must be >= 0", section.coef)
         _check(section.mode in ("loss", "grad", "fixed"), f"{prefix}.mode", "must be 'loss', 'grad' or 'fixed'",

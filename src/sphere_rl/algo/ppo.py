@@ -40,6 +40,7 @@ from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
 from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods
 from sphere_rl.regularizers import make_regularizer
+from sphere_rl.regularizers.base import ReferenceOutputs, Regularizer
 
 Params = dict[str, Any]
 NETWORKS = ("actor", "critic")
@@ -272,7 +273,8 @@ class PPO:
         return self.critic.apply(state.params["critic"], obs).value
 
     # ------------------------------------------------------------------ losses
-    def _losses(self, params: Params, mb: Batch, reg_state: Any = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def _losses(self, params: Params, mb: Batch, reg_state: Any = None,
+                reg_obs: jax.Array | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """The loss as named, unweighted scalar terms, and metrics.
 
         Terms: `actor/base` = L_pi - c_ent * entropy (+ the actor's load-balancing loss),
@@ -313,7 +315,13 @@ class PPO:
         for method in self.losses:
             for name in method.networks:
                 state = None if reg_state is None else reg_state[method.name][name]
-                values, info = method.regularizer.penalty(outputs[name], params[name], state)
+                out = outputs[name]
+                if method.regularizer.uses_reference_batch:  # e.g. C-CHAIN: this network on the reference batch
+                    network = self.actor if name == "actor" else self.critic
+                    ref_obs = mb.obs if reg_obs is None else reg_obs
+                    ref_params = jax.lax.stop_gradient(params[name]) if state is None else state
+                    out = ReferenceOutputs(network.apply(params[name], ref_obs), network.apply(ref_params, ref_obs))
+                values, info = method.regularizer.penalty(out, params[name], state)
                 for term in method.regularizer.coefs:
                     terms[f"{name}/{method.name}/{term}"] = values.get(term, jnp.zeros((), jnp.float32))
                 metrics.update({_method_metric(method.name, name, k): v for k, v in info.items()})
@@ -361,7 +369,8 @@ class PPO:
                                            _method_metric(method.name, name, term)))
         return out
 
-    def _gradients(self, params: Params, mb: Batch, reg_state: Any = None) -> tuple[Params, dict[str, jax.Array]]:
+    def _gradients(self, params: Params, mb: Batch, reg_state: Any = None,
+                   reg_obs: jax.Array | None = None) -> tuple[Params, dict[str, jax.Array]]:
         """Gradients of the weighted loss, and metrics. Each penalty term gets its own weight, per network:
 
         - `fixed`: lambda = coef;
@@ -392,14 +401,14 @@ class PPO:
         if not by_grad:
 
             def total_loss(params: Params):
-                terms, metrics = self._losses(params, mb, reg_state)
+                terms, metrics = self._losses(params, mb, reg_state, reg_obs)
                 return weighted(terms, metrics), metrics
 
             (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
         else:
 
             def stacked(params: Params):
-                terms, metrics = self._losses(params, mb, reg_state)
+                terms, metrics = self._losses(params, mb, reg_state, reg_obs)
                 base = terms["actor/base"] + terms["critic/base"]
                 values = [base, *(terms[p.key] for p in by_grad)]
                 if added:
@@ -431,6 +440,23 @@ class PPO:
         metrics["grad_norm/critic"] = _global_norm(grads["critic"])
         return grads, metrics
 
+    @property
+    def uses_reference_batch(self) -> bool:
+        """Whether a loss method reads a second, independently shuffled minibatch (C-CHAIN)."""
+        return any(m.regularizer.uses_reference_batch for m in self.losses)
+
+    @property
+    def steps_state(self) -> bool:
+        """Whether a loss method updates its state after every minibatch step (C-CHAIN's reference)."""
+        return any(type(m.regularizer).after_step is not Regularizer.after_step for m in self.losses)
+
+    def _after_step(self, state: AgentState, params_before: Params, applied: jax.Array) -> AgentState:
+        reg_state = dict(state.reg_state)
+        for m in self.losses:
+            reg_state[m.name] = {n: m.regularizer.after_step(state.reg_state[m.name][n], params_before[n], applied)
+                                 for n in m.networks}
+        return state.replace(reg_state=reg_state)
+
     def apply_gradients(self, state: AgentState, grads: Params) -> AgentState:
         """One optimiser step on actor and critic separately: each network's gradient is clipped to
         `max_grad_norm` by its own global norm, then its own Adam step (as SBX and the official code)."""
@@ -441,13 +467,15 @@ class PPO:
         return state.replace(params=new_params, opt_state=new_opt)
 
     # ------------------------------------------------------------------ update phase
-    def _minibatch_step(self, carry: tuple[AgentState, jax.Array], mb: Batch):
+    def _minibatch_step(self, carry: tuple[AgentState, jax.Array], xs: Any):
         state, stopped = carry
         p = self.cfg.ppo
+        mb, reg_obs = xs if self.uses_reference_batch else (xs, None)
 
         def run(state: AgentState):
             lr_used = opt_learning_rate(state.opt_state["actor"])
-            grads, metrics = self._gradients(state.params, mb, state.reg_state)
+            params_before = state.params
+            grads, metrics = self._gradients(state.params, mb, state.reg_state, reg_obs)
             finite = all_finite((metrics["loss"], grads))
             if p.kl_mode == "early_stop":
                 kl_ok = metrics["approx_kl"] <= 1.5 * p.target_kl
@@ -456,6 +484,8 @@ class PPO:
             apply = jnp.logical_and(kl_ok, finite)
             # A branch, not a select: a select would read and write every parameter and moment twice.
             state = jax.lax.cond(apply, self.apply_gradients, lambda s, g: s, state, grads)
+            if self.steps_state:
+                state = self._after_step(state, params_before, apply)
             if p.kl_mode == "adaptive_lr":
                 kl_lr = adaptive_lr_update(state.kl_lr, metrics["approx_kl_official"], p.target_kl, p.kl_lr_factor,
                                            p.kl_lr_min, p.kl_lr_max)
@@ -495,6 +525,9 @@ class PPO:
         def epoch(carry, epoch_key):
             perm = jax.random.permutation(epoch_key, cfg.batch_size)
             shuffled = jax.tree.map(lambda x: x[perm].reshape((n_mb, mb_size) + x.shape[1:]), batch)
+            if self.uses_reference_batch:  # a second, independent shuffle: each step's reference minibatch
+                ref_perm = jax.random.permutation(jax.random.fold_in(epoch_key, 1), cfg.batch_size)
+                shuffled = (shuffled, batch.obs[ref_perm].reshape((n_mb, mb_size) + batch.obs.shape[1:]))
             return jax.lax.scan(self._minibatch_step, carry, shuffled)
 
         epoch_keys = jax.random.split(key, cfg.ppo.n_epochs)

@@ -13,6 +13,7 @@ from typing import Any
 
 from sphere_rl.methods import redo, reset
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
+from sphere_rl.regularizers.churn import Churn
 from sphere_rl.regularizers.l2 import L2, L2Init
 from sphere_rl.regularizers.parseval import Parseval
 
@@ -71,6 +72,13 @@ register_method(MethodSpec(
             "(outputs and biases excluded)",
     reference="Chung, Cherif, Meger, Precup 2024, Parseval Regularization for Continual Reinforcement Learning, "
               "NeurIPS (arXiv 2412.07224); code wechu/parseval_reg"))
+register_method(MethodSpec(
+    name="cchain", kind="loss", section="cchain",
+    build=lambda cfg: LossMethod("cchain", Churn(coef=cfg.cchain.coef), _networks(cfg.cchain.networks), cfg.cchain.mode),
+    summary="C-CHAIN: churn reduction, mean (mu_theta(x) - mu_ref(x))^2 on a second shuffled minibatch, mu_ref "
+            "the action mean one gradient step earlier; weighted against |L_pi| (loss mode, ratio 0.05)",
+    reference="Tang, Obando-Ceron, Castro, Courville, Berseth 2025, Mitigating Plasticity Loss in Continual "
+              "Reinforcement Learning by Reducing Churn, ICML; code bluecontra/C-CHAIN"))
 register_method(MethodSpec(
     name="redo", kind="intervention", section="redo", build=redo.build,
     summary="ReDo: every redo.every update phases, re-initialise the incoming weights of tau-dormant hidden units "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 
@@ -50,3 +50,23 @@ class Regularizer(abc.ABC):
         """Update the state when a task starts, given the network's parameters then (default: unchanged)."""
         del params
         return state
+
+    uses_reference_batch: bool = False
+    """True: `penalty` gets, instead of the minibatch's output, a `ReferenceOutputs` of the network on a second,
+    independently shuffled minibatch of the same rollout (C-CHAIN's reg batch), with the current parameters
+    and with the parameters in the state."""
+
+    def after_step(self, state: Any, params_before: Any, applied: Any) -> Any:
+        """Update the state after a minibatch step, given the parameters the step started from and whether it
+        was applied (a traced bool) (default: unchanged)."""
+        del params_before, applied
+        return state
+
+
+class ReferenceOutputs(NamedTuple):
+    """A network's outputs on the reference batch: with the current parameters (differentiated) and with
+    the reference parameters kept in the regulariser's state (not differentiated)."""
+
+    current: Any
+    reference: Any
+
