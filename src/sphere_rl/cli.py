@@ -276,9 +276,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_methods(args: argparse.Namespace) -> int:
     """The plasticity methods: name, kind, how to switch it on, its settings with their defaults, reference."""
+    from sphere_rl.experiments.bench_methods import latest_method_costs
     from sphere_rl.methods import METHODS, settings_of
 
     cfg = Config()
+    costs, source = latest_method_costs() or ({}, None)
     for name, spec in sorted(METHODS.items(), key=lambda item: (item[1].kind, item[0])):
         switch = f"methods=[{name}]" + (f" or {spec.enabled_by}" if spec.enabled_by else "")
         print(f"{name:<14} {spec.kind:<13} {switch}")
@@ -287,6 +289,13 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if settings:
             print(f"{'':<15}settings: " + ", ".join(f"{k}={v!r}" for k, v in settings.items()))
         print(f"{'':<15}reference: {spec.reference}")
+        cost = costs.get(name)
+        if cost and cost.get("overhead_pct") is not None:
+            fire = f"; one firing {cost['firing_seconds']:.3f} s" if "firing_seconds" in cost else ""
+            print(f"{'':<15}cost: update phase {cost['overhead_pct']:+.1f} % against none at the paper size{fire} ({source})")
+    if not costs:
+        print("costs: not measured here yet; `sphere bench --suite methods` measures every method's update-phase "
+              "overhead at the paper size")
     return 0
 
 
@@ -563,13 +572,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results", help="folder for the JSON results")
     p.add_argument("--quick", action="store_true", help="fewer repetitions")
     p.add_argument("--experts", type=int, nargs="+", default=[10, 20, 40])
-    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx", "metaworld", "sweep", "seeds"],
+    p.add_argument("--suite", action="append", choices=["update", "ntk", "sbx", "metaworld", "sweep", "seeds", "methods"],
                    help="run only this suite (repeatable): update = update phase per actor kind and E, SPHERE "
                         "overhead, throughput; ntk = cost of r_e(K); sbx = env-steps/s against SBX PPO on Hopper-v5 "
                         "and Humanoid-v5 (bench extra); metaworld = the same on metaworld/hammer-v3, with our rate "
                         "over the raw simulator rate (bench extra); sweep = a demo sweep on Ray (wall time vs its jobs, job "
                         "start-up), sphere results on 1,000 runs, the report's size and load time in Chromium; "
-                        "seeds = 8 seeds of the demo in one process (vmapped) against 1. Default: update, ntk and sbx")
+                        "seeds = 8 seeds of the demo in one process (vmapped) against 1; methods = every plasticity "
+                        "method's update-phase overhead against none at the paper size. Default: update, ntk and sbx")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("plasticity", help="RL vs CRL over seeds on the built-in suite (is plasticity loss visible?)")

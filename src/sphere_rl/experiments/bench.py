@@ -168,7 +168,7 @@ def bench_training_throughput(preset_name: str, iterations: int) -> dict[str, An
     return out
 
 
-BENCH_SUITES = ("update", "ntk", "sbx", "metaworld", "sweep", "seeds")
+BENCH_SUITES = ("update", "ntk", "sbx", "metaworld", "sweep", "seeds", "methods")
 """`update`: update-phase time per actor kind and E, SPHERE overhead, optimiser floor, training throughput;
 `ntk`: cost of r_e(K); `sbx`: end-to-end env-steps/s against SBX PPO on Hopper-v5 and Humanoid-v5;
 `metaworld`: the same against SBX PPO on metaworld/hammer-v3, with the ratio to the raw simulator rate
@@ -217,6 +217,10 @@ def bench_markdown(results: dict[str, Any]) -> str:
         from sphere_rl.experiments.bench_seeds import seeds_markdown
 
         lines += ["", *seeds_markdown(results["seeds"])]
+    if results.get("methods"):
+        from sphere_rl.experiments.bench_methods import methods_markdown
+
+        lines += ["", *methods_markdown(results["methods"])]
     return "\n".join(lines) + "\n"
 
 
@@ -252,6 +256,10 @@ def run_bench(out: str = "benchmarks/results", quick: bool = False, experts: tup
         from sphere_rl.experiments.bench_seeds import bench_seeds
 
         results["seeds"] = bench_seeds(steps=20_480 if quick else 102_400)
+    if "methods" in suites:
+        from sphere_rl.experiments.bench_methods import bench_methods
+
+        results["methods"] = bench_methods(repeats=1 if quick else 2, n_epochs=1 if quick else 10)
     if "ntk" in suites:
         from sphere_rl.experiments.bench_ntk import bench_ntk
 
