@@ -431,3 +431,17 @@ def test_cchain_reference_is_the_parameters_one_step_earlier_and_restarts_at_a_t
     _close(s2.reg_state["cchain"]["actor"], s1.params["actor"], rtol=0, atol=0)
     assert float(m2["cchain/penalty"]) > 0.0
     _close(ppo.start_task(s2).reg_state["cchain"]["actor"], s2.params["actor"], rtol=0, atol=0)
+
+
+def test_the_papers_ablations_are_presets_on_top_of_the_official_sphere_run():
+    from sphere_rl.config import PRESETS, preset
+
+    base = preset("h1-paper-sphere")
+    for name, field, value in (("all-layers", "placement", "all"), ("per-expert", "form", "per_expert"),
+                               ("critic", "critic", True)):
+        cfg = preset(f"h1-ablation-{name}").validate()
+        assert getattr(cfg.reg, field) == value and cfg.reg.mode == "grad" and cfg.reg.resolved_coef == 0.001
+        assert cfg.replace(reg=base.reg) == base  # nothing else differs from the official SPHERE run
+        demo = preset(f"demo-ablation-{name}").validate()
+        assert demo.reg.name == "sphere" and getattr(demo.reg, field) == value
+        assert "paper" in PRESETS[f"h1-ablation-{name}"]["description"] or name == "critic"
