@@ -243,6 +243,8 @@ def test_loss_methods_compose_with_sphere_each_weighted_by_its_own_mode(sphere_m
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"load_balance"}))
 def test_every_method_on_every_actor_builds_and_takes_one_update(method, actor):
     extra = ["reg.name=sphere"] if method == "sphere" else [f"methods=[{method}]"]
+    if method == "layernorm":
+        extra.append("diag.ntk_method=generic")  # the structured eNTK refuses LayerNorm (tested below)
     ppo, state, mb = _ppo(*extra, actor=actor)
     assert method in ppo.methods
     new, metrics = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
@@ -445,3 +447,83 @@ def test_the_papers_ablations_are_presets_on_top_of_the_official_sphere_run():
         demo = preset(f"demo-ablation-{name}").validate()
         assert demo.reg.name == "sphere" and getattr(demo.reg, field) == value
         assert "paper" in PRESETS[f"h1-ablation-{name}"]["description"] or name == "critic"
+
+
+# ------------------------------------------------------------------------------------ architecture methods
+
+
+def _np_layer_norm(x, scale, bias, eps=1e-6):
+    mean = x.mean(-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * scale + bias
+
+
+def test_layernorm_sits_after_each_hidden_dense_before_the_activation():
+    ppo, state, mb = _ppo("methods=[layernorm]", "diag.ntk_method=generic", actor="mlp")
+    obs = np.asarray(mb.obs, np.float64)
+    for network, head in (("actor", "mean_head"), ("critic", "value_head")):
+        p = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params[network]["params"])
+        h = obs
+        for i in range(sum(k.startswith("dense_") for k in p["trunk"])):
+            pre = h @ p["trunk"][f"dense_{i}"]["kernel"] + p["trunk"][f"dense_{i}"]["bias"]
+            h = np.maximum(_np_layer_norm(pre, p["trunk"][f"ln_{i}"]["scale"], p["trunk"][f"ln_{i}"]["bias"]), 0.0)
+        out = h @ p[head]["kernel"] + p[head]["bias"]
+        got = ppo.actor.apply(state.params["actor"], mb.obs).mean if network == "actor" else \
+            ppo.critic.apply(state.params["critic"], mb.obs).value[:, None]
+        np.testing.assert_allclose(np.asarray(got), out, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("actor", ["topk_moe", "ds_moe"])
+def test_layernorm_in_experts_and_gate_gives_the_same_numbers_under_sparse_and_dense_dispatch(actor):
+    sparse, state, mb = _ppo("net.layer_norm=true", "diag.ntk_method=generic", "net.dispatch=sparse", actor=actor)
+    dense, _, _ = _ppo("net.layer_norm=true", "diag.ntk_method=generic", "net.dispatch=dense", actor=actor)
+    params = state.params["actor"]["params"]["moe"]
+    assert "ln_0" in params["experts"] and params["experts"]["ln_0"]["scale"].shape[0] == params["experts"]["layer_0"]["kernel"].shape[0]
+    assert "ln_0" in params["gate"]["trunk"]  # the gate gets LayerNorm too (official)
+    a = sparse.actor.apply(state.params["actor"], mb.obs)
+    b = dense.actor.apply(state.params["actor"], mb.obs)
+    np.testing.assert_allclose(np.asarray(a.mean), np.asarray(b.mean), rtol=1e-5, atol=1e-6)
+    ga = jax.grad(lambda p: jnp.sum(sparse.actor.apply(p, mb.obs).mean ** 2))(state.params["actor"])
+    gb = jax.grad(lambda p: jnp.sum(dense.actor.apply(p, mb.obs).mean ** 2))(state.params["actor"])
+    _close(ga, gb, rtol=1e-4, atol=1e-6)
+
+
+def test_crelu_concatenates_both_signs_and_the_structured_entk_still_matches_the_generic_one():
+    from sphere_rl.diagnostics.ntk import actor_ntk
+
+    ppo, state, mb = _ppo("methods=[crelu]", actor="topk_moe")
+    out = ppo.actor.apply(state.params["actor"], mb.obs)
+    assert out.features.hidden[0].shape[-1] == 2 * 16
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), state.params["critic"]["params"])
+    pre = np.asarray(mb.obs, np.float64) @ p["trunk"]["dense_0"]["kernel"] + p["trunk"]["dense_0"]["bias"]
+    h = np.concatenate([np.maximum(pre, 0), np.maximum(-pre, 0)], axis=-1)
+    value = h @ p["value_head"]["kernel"] + p["value_head"]["bias"]
+    np.testing.assert_allclose(np.asarray(ppo.critic.apply(state.params["critic"], mb.obs).value), value[:, 0],
+                               rtol=1e-4, atol=1e-5)
+    obs = mb.obs[:16]
+    structured = actor_ntk(ppo.actor, state.params["actor"], obs, method="structured")
+    generic = actor_ntk(ppo.actor, state.params["actor"], obs, method="generic")
+    np.testing.assert_allclose(np.asarray(structured), np.asarray(generic), rtol=1e-3, atol=1e-4)
+
+
+def test_the_structured_entk_refuses_layernorm_by_name():
+    with pytest.raises(ConfigError, match="diag.ntk_method: the structured eNTK"):
+        Config().override(["methods=[layernorm]"]).validate()
+    Config().override(["methods=[layernorm]", "diag.ntk=false"]).validate()
+    Config().override(["methods=[layernorm]", "diag.ntk_method=generic"]).validate()
+
+
+def test_redo_with_crelu_recycles_a_unit_only_when_both_halves_are_dormant():
+    ppo, state, mb = _ppo("methods=[crelu,redo]", "redo.every=1", "redo.tau=1e-6", "redo.networks=critic", actor="mlp")
+    trunk = state.params["critic"]["params"]["trunk"]
+    zeroed = {**trunk["dense_0"], "kernel": trunk["dense_0"]["kernel"].at[:, 5].set(0.0),
+              "bias": trunk["dense_0"]["bias"].at[5].set(0.0)}  # pre-activation 0: both halves 0
+    negative = {**zeroed, "bias": zeroed["bias"].at[6].set(-1e3)}  # ReLU(x) = 0 but ReLU(-x) large: alive
+    params = {**state.params, "critic": {"params": {**state.params["critic"]["params"],
+                                                    "trunk": {**trunk, "dense_0": negative}}}}
+    state = state.replace(params=params)
+    new, events = ppo.after_iteration(state, mb.obs, jax.random.PRNGKey(4), 0)
+    assert events["redo/critic_units"] == 1.0
+    rows = np.asarray(new.params["critic"]["params"]["value_head"]["kernel"])  # the critic has one hidden layer here
+    assert not rows[5].any() and not rows[16 + 5].any() and rows[6].any() and rows[16 + 6].any()
+

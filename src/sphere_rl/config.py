@@ -45,7 +45,11 @@ class NetConfig:
     log_std_init: float = 0.0
     """Initial value of the state-independent log standard deviation."""
     activation: str = "relu"
-    """Hidden activation: `relu` or `tanh`."""
+    """Hidden activation: `relu`, `tanh` or `crelu` ([ReLU(x), ReLU(-x)]: each hidden layer's output is twice
+    its width; method `crelu`)."""
+    layer_norm: bool = False
+    """A LayerNorm after every hidden Dense (actor, experts, gating MLP, critic), before the activation: the
+    official SPHERE code's `use_layer_norm` (method `layernorm`)."""
     load_balance_coef: float = 0.0
     """Weight of the auxiliary load-balancing loss (Switch-Transformer form); 0 disables it."""
     dispatch: str = "sparse"
@@ -598,6 +602,11 @@ def _validate(cfg: Config) -> None:
     _check(1 <= cfg.redo.every <= 10_000_000, "redo.every", "must be in [1, 10000000] (update phases)", cfg.redo.every)
     _check(cfg.redo.networks in ("actor", "critic", "both"), "redo.networks", "must be 'actor', 'critic' or 'both'",
            cfg.redo.networks)
+    net = methods.resolved_net(cfg)
+    if cfg.diag.enabled and cfg.diag.ntk and cfg.diag.ntk_method == "structured" and net.layer_norm:
+        raise ConfigError("diag.ntk_method: the structured eNTK handles networks of Dense layers and LayerNorm "
+                          "(net.layer_norm, method layernorm) adds others; set diag.ntk_method=generic (slower) or "
+                          "diag.ntk=false, got 'structured'")
     from sphere_rl.methods.reset import PARTS as RESET_PARTS
 
     _check(len(cfg.reset.parts) >= 1 and all(part in RESET_PARTS for part in cfg.reset.parts), "reset.parts",
@@ -619,7 +628,7 @@ def _validate(cfg: Config) -> None:
     _check(n.top_k <= n.n_experts, "net.top_k", f"must be <= net.n_experts ({n.n_experts})", n.top_k)
     _check(1 <= n.n_shared <= 4096, "net.n_shared", "must be in [1, 4096]", n.n_shared)
     _check(n.gate_temperature > 0, "net.gate_temperature", "must be > 0", n.gate_temperature)
-    _check(n.activation in ("relu", "tanh"), "net.activation", "must be 'relu' or 'tanh'", n.activation)
+    _check(n.activation in ("relu", "tanh", "crelu"), "net.activation", "must be 'relu', 'tanh' or 'crelu'", n.activation)
     _check(n.load_balance_coef >= 0, "net.load_balance_coef", "must be >= 0", n.load_balance_coef)
     _check(n.dispatch in nets.DISPATCH_MODES, "net.dispatch", f"must be one of {sorted(nets.DISPATCH_MODES)}", n.dispatch)
     _check(n.init in nets.INITS, "net.init", f"must be one of {sorted(nets.INITS)}", n.init)

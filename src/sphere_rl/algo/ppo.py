@@ -38,7 +38,7 @@ from sphere_rl.algo.losses import (
 from sphere_rl.algo.normalizer import RunningMeanStd
 from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
-from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods
+from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods, resolved_net
 from sphere_rl.regularizers import make_regularizer
 from sphere_rl.regularizers.base import ReferenceOutputs, Regularizer
 
@@ -142,8 +142,9 @@ class PPO:
         self.cfg = cfg
         self.obs_dim = obs_dim
         self.action_dim = action_dim
-        self.actor = make_actor(cfg.net, action_dim)
-        self.critic = make_critic(cfg.net)
+        net = resolved_net(cfg)  # with the architecture methods listed in `methods` (LayerNorm, CReLU)
+        self.actor = make_actor(net, action_dim)
+        self.critic = make_critic(net)
         self.methods = enabled_methods(cfg)
         """Every plasticity method the config switches on (`sphere_rl.methods`)."""
         self.regularizer = make_regularizer(cfg.reg if "sphere" not in self.methods or cfg.reg.name == "sphere"

@@ -18,7 +18,7 @@ from sphere_rl.regularizers.l2 import L2, L2Init
 from sphere_rl.regularizers.parseval import Parseval
 
 __all__ = ["KINDS", "METHODS", "Events", "Intervention", "LossMethod", "MethodSpec", "enabled_methods",
-           "build_interventions", "build_losses", "register_method", "settings_of"]
+           "build_interventions", "build_losses", "register_method", "resolved_net", "settings_of"]
 
 METHODS: dict[str, MethodSpec] = {}
 
@@ -80,6 +80,18 @@ register_method(MethodSpec(
     reference="Tang, Obando-Ceron, Castro, Courville, Berseth 2025, Mitigating Plasticity Loss in Continual "
               "Reinforcement Learning by Reducing Churn, ICML; code bluecontra/C-CHAIN"))
 register_method(MethodSpec(
+    name="layernorm", kind="architecture", section=None, settings=("net.layer_norm",), enabled_by="net.layer_norm=true",
+    net_overrides=(("layer_norm", True),),
+    summary="LayerNorm after every hidden Dense (actor, experts, gating MLP, critic), before the activation",
+    reference="Ba, Kiros, Hinton 2016, Layer Normalization; the official SPHERE code's use_layer_norm (SPEC §5); "
+              "Lyle et al. 2023, Understanding Plasticity in Neural Networks, ICML"))
+register_method(MethodSpec(
+    name="crelu", kind="architecture", section=None, settings=("net.activation",), enabled_by="net.activation=crelu",
+    net_overrides=(("activation", "crelu"),),
+    summary="CReLU activation [ReLU(x), ReLU(-x)]: each hidden layer outputs twice its width (widths not halved)",
+    reference="Shang et al. 2016 (ICML); as a plasticity baseline Abbas et al. 2023, Loss of Plasticity in Continual "
+              "Deep Reinforcement Learning, CoLLAs"))
+register_method(MethodSpec(
     name="redo", kind="intervention", section="redo", build=redo.build,
     summary="ReDo: every redo.every update phases, re-initialise the incoming weights of tau-dormant hidden units "
             "(bias 0), zero their outgoing weights and the Adam moments of both",
@@ -100,7 +112,23 @@ def enabled_methods(cfg: Any) -> tuple[str, ...]:
         names.append("sphere")
     if cfg.net.load_balance_coef > 0 and "load_balance" not in names:
         names.append("load_balance")
+    if cfg.net.layer_norm and "layernorm" not in names:
+        names.append("layernorm")
+    if cfg.net.activation == "crelu" and "crelu" not in names:
+        names.append("crelu")
     return tuple(names)
+
+
+def resolved_net(cfg: Any) -> Any:
+    """`cfg.net` with the `net.*` settings of every listed architecture method applied (what PPO builds)."""
+    import dataclasses
+
+    net = cfg.net
+    for name in enabled_methods(cfg):
+        overrides = dict(METHODS[name].net_overrides)
+        if overrides:
+            net = dataclasses.replace(net, **overrides)
+    return net
 
 
 def build_interventions(cfg: Any) -> tuple[Intervention, ...]:

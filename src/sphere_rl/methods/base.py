@@ -44,6 +44,8 @@ class MethodSpec:
     """How it is switched on besides listing it in `methods` (e.g. `reg.name=sphere`); empty: only the list."""
     build: Callable[[Any], Any] | None = None
     """Config -> the object PPO uses (an Intervention for the `intervention` kind)."""
+    net_overrides: tuple[tuple[str, Any], ...] = ()
+    """`architecture` kind: the `net.*` fields it sets when listed (`(("layer_norm", True),)`)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ recycled as the official code does:
   do not change at the moment of recycling;
 - the Adam moments of all these weights (and of the bias) are zeroed, the step count is kept.
 Hidden layers of the actor's experts or trunk and of the critic's trunk are recycled; output layers are
-not (the official code skips the last layer), and neither is an MoE's gating MLP. The event
+not (the official code skips the last layer), and neither is an MoE's gating MLP. With CReLU a unit feeds
+two features ([ReLU(x), ReLU(-x)]): it is dormant when both are, and both outgoing rows are zeroed. The event
 `redo/units` counts the units recycled (per network: `redo/actor_units`, `redo/critic_units`).
 """
 
@@ -45,6 +46,18 @@ def layer_paths(params: Any, layer: int) -> tuple[tuple[str, ...], tuple[str, ..
     raise ValueError("redo: a network without an MLP trunk or MoE experts")
 
 
+def _hidden_widths(params: Any) -> list[int]:
+    """The number of units of every hidden layer (the output width of its Dense)."""
+    widths, layer = [], 0
+    while True:
+        try:
+            inc, _ = layer_paths(params, layer)
+            widths.append(int(_get(params, (*inc, "kernel")).shape[-1]))
+        except KeyError:
+            return widths
+        layer += 1
+
+
 def _get(tree: Any, path: tuple[str, ...]) -> Any:
     for name in path:
         tree = tree[name]
@@ -68,10 +81,14 @@ def recycle_plan(params: Any, fresh: Any, dormant: list[np.ndarray]) -> dict[tup
         if not mask.any():
             continue
         inc, out = layer_paths(params, layer)
-        units = mask if _get(params, (*inc, "kernel")).ndim == 3 else mask[0]  # (E, H) or (H,)
+        kernel = _get(params, (*inc, "kernel"))
+        units = mask if kernel.ndim == 3 else mask[0]  # (E, H) or (H,)
         add((*inc, "kernel"), take=units[..., None, :])  # incoming: the unit's column
         add((*inc, "bias"), zero=units)
-        add((*out, "kernel"), zero=units[..., :, None])  # outgoing: the unit's row
+        rows = units
+        if _get(params, (*out, "kernel")).shape[-2] == 2 * kernel.shape[-1]:  # CReLU: unit j feeds rows j and H + j
+            rows = np.concatenate([units, units], axis=-1)
+        add((*out, "kernel"), zero=rows[..., :, None])  # outgoing: the unit's row(s)
     return plan
 
 
@@ -95,7 +112,13 @@ class ReDo(Intervention):
             features = module.apply(state.params[name], obs).features
             hidden, gates = jax.device_get((features.hidden, features.gates))
             weights = (np.asarray(gates) > 0).T.astype(np.float64)  # (E, B): the states each expert serves
-            out[name] = [dormant_mask(np.asarray(h), self.tau, weights) for h in hidden]
+            masks = []
+            for h, width in zip(hidden, _hidden_widths(state.params[name])):
+                mask = dormant_mask(np.asarray(h), self.tau, weights)
+                if mask.shape[-1] == 2 * width:  # CReLU: a unit is dormant when both of its halves are
+                    mask = mask[..., :width] & mask[..., width:]
+                masks.append(mask)
+            out[name] = masks
         return out
 
     def after_iteration(self, ppo: Any, state: Any, obs: jax.Array, key: jax.Array, iteration: int) -> tuple[Any, Events]:

@@ -13,7 +13,16 @@ from sphere_rl.nets.grouped import grouped_matmul
 
 Initializer = Callable[..., jax.Array]
 
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "tanh": jnp.tanh}
+def crelu(x: jax.Array) -> jax.Array:
+    """Concatenated ReLU [ReLU(x), ReLU(-x)] along the feature axis: twice the width (Shang et al. 2016)."""
+    return jnp.concatenate([nn.relu(x), nn.relu(-x)], axis=-1)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {"relu": nn.relu, "tanh": jnp.tanh, "crelu": crelu}
+"""Hidden activations. `crelu` doubles each hidden layer's output width (the next layer reads 2 H inputs)."""
+
+LAYER_NORM_EPS = 1e-6
+"""Epsilon of every LayerNorm (flax's default, as the official SPHERE code's `nn.LayerNorm()`)."""
 
 HIDDEN_GAIN = math.sqrt(2.0)
 """Orthogonal gain of every hidden layer (experts, dense MLPs, gating MLP)."""
@@ -116,19 +125,51 @@ class StackedDense(nn.Module):
         return y + bias[:, None, :]
 
 
+class StackedLayerNorm(nn.Module):
+    """LayerNorm over the feature axis with a scale and bias per stack member: `scale`, `bias` (E, H).
+
+    Inputs as `StackedDense`'s outputs: (E, B, H), or rows (R, H) with `groups` (each row normalised with
+    its own member's scale and bias); `members=(start, stop)` uses those members' parameters."""
+
+    n_stack: int
+    epsilon: float = LAYER_NORM_EPS
+
+    @nn.compact
+    def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
+                 groups: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        width = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (self.n_stack, width))
+        bias = self.param("bias", nn.initializers.zeros, (self.n_stack, width))
+        if members is not None:
+            scale, bias = scale[members[0]:members[1]], bias[members[0]:members[1]]
+        mean = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+        normed = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+        if groups is not None:
+            _, row_member = groups
+            return normed * scale[row_member] + bias[row_member]
+        return normed * scale[:, None, :] + bias[:, None, :]
+
+
 class MLPTrunk(nn.Module):
-    """Dense hidden layers; returns every post-activation output, each (B, H_l)."""
+    """Dense hidden layers; returns every post-activation output, each (B, H_l) ((B, 2 H_l) with CReLU).
+    With `layer_norm` a LayerNorm (`ln_<i>`) sits after each Dense, before the activation (the official
+    SPHERE code's `use_layer_norm`)."""
 
     hidden_sizes: Sequence[int]
     activation: str = "relu"
     init_scheme: str = "orthogonal"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
         act = activation_fn(self.activation)
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
-            x = act(dense(width, HIDDEN_GAIN, name=f"dense_{i}", init=self.init_scheme)(x))
+            x = dense(width, HIDDEN_GAIN, name=f"dense_{i}", init=self.init_scheme)(x)
+            if self.layer_norm:
+                x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=f"ln_{i}")(x)
+            x = act(x)
             hidden.append(x)
         return tuple(hidden)
 
@@ -149,6 +190,7 @@ class StackedMLP(nn.Module):
     head_gain: float
     activation: str = "relu"
     init_scheme: str = "orthogonal"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
@@ -156,7 +198,10 @@ class StackedMLP(nn.Module):
         act = activation_fn(self.activation)
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
-            x = act(StackedDense(self.n_stack, width, HIDDEN_GAIN, self.init_scheme, name=f"layer_{i}")(x, members, groups))
+            x = StackedDense(self.n_stack, width, HIDDEN_GAIN, self.init_scheme, name=f"layer_{i}")(x, members, groups)
+            if self.layer_norm:
+                x = StackedLayerNorm(self.n_stack, name=f"ln_{i}")(x, members, groups)
+            x = act(x)
             hidden.append(x)
         out = StackedDense(self.n_stack, self.out_dim, self.head_gain, self.init_scheme, name="head")(x, members, groups)
         return tuple(hidden), out

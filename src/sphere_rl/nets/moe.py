@@ -38,6 +38,8 @@ class MoESpec:
     dispatch: str = "dense"
     init_scheme: str = "orthogonal"
     """Weight-initialisation scheme (`layers.INITS`)."""
+    layer_norm: bool = False
+    """A LayerNorm after every hidden Dense of the experts and of the gating MLP, before the activation."""
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
@@ -127,10 +129,11 @@ class GateNetwork(nn.Module):
     hidden_sizes: tuple[int, ...]
     activation: str = "relu"
     init_scheme: str = "orthogonal"
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, name="trunk")(obs)
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, name="trunk")(obs)
         return dense(self.n_experts, GATE_HEAD_GAIN, name="logits", init=self.init_scheme)(hidden[-1])
 
 
@@ -148,7 +151,8 @@ class MoEBody(nn.Module):
     @nn.compact
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, Features, jax.Array]:
         spec = self.spec
-        logits = GateNetwork(spec.n_experts, spec.gate_hidden_sizes, spec.activation, spec.init_scheme, name="gate")(obs)
+        logits = GateNetwork(spec.n_experts, spec.gate_hidden_sizes, spec.activation, spec.init_scheme, spec.layer_norm,
+                             name="gate")(obs)
         routing = ROUTERS[spec.router](logits, spec.top_k, spec.temperature)
         shared_gates = jnp.ones((obs.shape[0], spec.n_shared), routing.gates.dtype)
         gates = jnp.concatenate([shared_gates, routing.gates], axis=-1)
@@ -160,6 +164,7 @@ class MoEBody(nn.Module):
             head_gain=self.head_gain,
             activation=spec.activation,
             init_scheme=spec.init_scheme,
+            layer_norm=spec.layer_norm,
             name="experts",
         )
         # Initialise through the dense path: the same parameters (and random draws) whatever the dispatch.
@@ -231,6 +236,7 @@ def moe_spec(cfg: NetConfig, kind: str, hidden_sizes: tuple[int, ...]) -> MoESpe
         load_balance_coef=cfg.load_balance_coef,
         dispatch=cfg.dispatch,
         init_scheme=cfg.init,
+        layer_norm=cfg.layer_norm,
     )
 
 
