@@ -62,7 +62,21 @@ def _with_labels(results: Results, frame: pd.DataFrame) -> pd.DataFrame:
     for col in {*cols, PROTOCOL, ARCH}:
         if col not in frame.columns:
             frame[col] = frame["run"].map(runs[col]) if col in runs.columns else results.constant_config.get(col)
-    frame["method"] = frame.apply(lambda r: method_label(r, cols), axis=1) if len(frame) else []
+    from sphere_rl.experiments.study import _method_fields, _method_labels
+
+    fields = [c for c in _method_fields(results, None) if c in cols]
+    if not fields or not len(frame):
+        frame["method"] = frame.apply(lambda r: method_label(r, cols), axis=1) if len(frame) else []
+        return frame
+    # plasticity methods by name (`none`, `sphere/loss/0.05`, `reset[log_std]`), other varying fields as k=v
+    if "reg.name" not in frame.columns:
+        frame["reg.name"] = frame["run"].map(runs["reg.name"]) if "reg.name" in runs.columns else \
+            results.constant_config.get("reg.name")
+    others = [c for c in cols if c not in fields]
+    labels = _method_labels(frame, fields)
+    if others:
+        labels = labels + ", " + frame.apply(lambda r: ", ".join(f"{c}={r[c]}" for c in others), axis=1)
+    frame["method"] = labels.to_numpy()
     return frame
 
 

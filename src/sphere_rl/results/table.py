@@ -37,6 +37,8 @@ LONG_COLUMNS = ("run", "source", "env_step", "task_index", "task", "eval_task_in
                 "metric", "value")
 _ID_COLUMNS = ("env_step", "task_index", "task", "task_step", "eval_task_index", "eval_task", "task_end")
 _EXCLUDED_CONFIG = ("run.out_dir", "run.name", "run.progress")
+_TOP_LEVEL_FIELDS = ("seed", "methods")
+"""Config fields outside any section (the others are `section.field`)."""
 _RUN_SCALARS = ("average_success", "env_steps", "wall_time_s", "cw.average_performance", "cw.forgetting",
                 "cw.forward_transfer")
 """Per-run numbers of the `runs` table that also appear as `summary` rows of the long table."""
@@ -334,7 +336,7 @@ def load_results(path: str | os.PathLike[str], *, sources: Iterable[str] = SOURC
         part["run"] = np.asarray([r["run"] for r in scalars], dtype=object)
         parts.append(part)
     runs_frame = pd.DataFrame(run_rows)
-    config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c == "seed"]
+    config_cols = [c for c in runs_frame.columns if "." in c and not c.startswith("cw.") or c in _TOP_LEVEL_FIELDS]
     varying = [c for c in config_cols if runs_frame[c].astype(str).nunique(dropna=False) > 1]
     constant = {c: _plain(runs_frame[c].iloc[0]) for c in config_cols if c not in varying}
     long = _stack(parts)
