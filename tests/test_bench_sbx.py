@@ -287,7 +287,7 @@ def test_compare_without_extra_says_how_to_install(monkeypatch):
 def test_bench_markdown_renders_the_update_table():
     from sphere_rl.experiments.bench import BENCH_SUITES, DEFAULT_BENCH_SUITES, bench_markdown
 
-    assert set(BENCH_SUITES) == {"update", "ntk", "sbx", "metaworld", "sweep", "seeds"}
+    assert set(BENCH_SUITES) == {"update", "ntk", "sbx", "metaworld", "sweep", "seeds", "methods"}
     assert set(DEFAULT_BENCH_SUITES) == {"update", "ntk", "sbx"}  # metaworld, sweep and seeds are opt-in
     row = {"actor": "topk_moe sparse", "n_experts": 10, "n_epochs": 10, "minibatch_steps": 320, "seconds": 2.0,
            "sphere_seconds": 2.1, "sphere_overhead_pct": 5.0, "vs_topk_dense_masked": 0.5, "optimizer_floor_seconds": 0.8}
