@@ -9,9 +9,9 @@ SMALL = ("net.n_experts=3", "net.hidden_sizes=16,16", "net.gate_hidden_sizes=16"
 
 
 def test_methods_suite_times_every_method_against_none_and_sphere_methods_reads_it(tmp_path, monkeypatch, capsys):
-    rows = bench_methods(repeats=1, n_epochs=1, names=("none", "l2", "redo", "reset"), extra=SMALL)
+    rows = bench_methods(repeats=1, n_epochs=1, names=("none", "l2", "redo", "reset", "layernorm"), extra=SMALL)
     by = {r["method"]: r for r in rows}
-    assert set(by) == {"none", "l2", "redo", "reset"} and by["none"]["overhead_pct"] == 0.0
+    assert set(by) == {"none", "l2", "redo", "reset", "layernorm"} and by["none"]["overhead_pct"] == 0.0
     for name in ("l2", "redo", "reset"):
         r = by[name]
         assert r["seconds"] > 0 and r["overhead_pct"] == 100.0 * (r["seconds"] - by["none"]["seconds"]) / by["none"]["seconds"]

@@ -59,7 +59,7 @@ def bench_methods(repeats: int = 2, n_epochs: int = 10, names: tuple[str, ...] |
     from sphere_rl.methods import METHODS
 
     names = names or ("none", *sorted(METHODS))
-    common = ["net.actor=topk_moe", "net.dispatch=sparse", "ppo.kl_mode=none", "ppo.target_kl=none",
+    common = ["net.actor=topk_moe", "net.dispatch=sparse", "ppo.kl_mode=none", "ppo.target_kl=none", "diag.ntk=false",
               f"ppo.n_epochs={n_epochs}", "run.tasks=arm/reach", *extra]
     rng = np.random.default_rng(0)
     timers: dict[str, Callable[[], float]] = {}
