@@ -127,24 +127,29 @@ class _Crash(Exception):
     pass
 
 
-def test_a_run_killed_before_a_reset_resumes_exactly(tmp_path):
-    """The crash is in task 0, after its second checkpoint; the reset fires after the resume point."""
-    cfg = _cfg("methods=[reset]", "reset.parts=[heads,log_std]")
-    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
-    Runner(cfg, ref).run()
-    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
-    runner = Runner(cfg, crashed)
+def _crashing_after(runner, n_iterations):
+    """`runner`, made to raise `_Crash` when it asks for iteration `n_iterations + 1`."""
     loop, _ = runner.loop_for(runner.tasks[0])
     real, calls = loop.run_call, {"n": 0}
 
     def run_call(kind, own, shared):
         if kind == "iteration":
             calls["n"] += 1
-            if calls["n"] > 5:
+            if calls["n"] > n_iterations:
                 raise _Crash()
         return real(kind, own, shared)
 
     loop.run_call = run_call
+    return runner
+
+
+def test_a_run_killed_before_a_reset_resumes_exactly(tmp_path):
+    """The crash is in task 0, after its second checkpoint; the reset fires after the resume point."""
+    cfg = _cfg("methods=[reset]", "reset.parts=[heads,log_std]")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = _crashing_after(Runner(cfg, crashed), 5)
     with pytest.raises(_Crash):
         runner.run()
     assert crashed.checkpoints.latest_step() == 512
@@ -380,18 +385,7 @@ def test_a_run_with_redo_logs_every_recycling_and_resumes_exactly(tmp_path):
     events = [e for e in read_metrics(ref.path("events.csv")) if e["event"] == "redo/units"]
     assert [e["env_step"] for e in events] == [256, 512, 768, 1024, 1280, 1536]  # every 2nd of 6 iterations per task
     crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
-    runner = Runner(cfg, crashed)
-    loop, _ = runner.loop_for(runner.tasks[0])
-    real, calls = loop.run_call, {"n": 0}
-
-    def run_call(kind, own, shared):
-        if kind == "iteration":
-            calls["n"] += 1
-            if calls["n"] > 9:  # inside task 1, after its first checkpoint
-                raise _Crash()
-        return real(kind, own, shared)
-
-    loop.run_call = run_call
+    runner = _crashing_after(Runner(cfg, crashed), 9)  # inside task 1, after its first checkpoint
     with pytest.raises(_Crash):
         runner.run()
     Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
