@@ -521,3 +521,71 @@ def test_redo_with_crelu_recycles_a_unit_only_when_both_halves_are_dormant():
     rows = np.asarray(new.params["critic"]["params"]["value_head"]["kernel"])  # the critic has one hidden layer here
     assert not rows[5].any() and not rows[16 + 5].any() and rows[6].any() and rows[16 + 6].any()
 
+
+
+# ------------------------------------------------------------------------------------ Shrink & Perturb
+
+
+@pytest.mark.parametrize("actor", ["mlp", "ds_moe"])
+def test_shrink_perturb_is_shrink_times_theta_plus_perturb_times_a_fresh_init(actor):
+    ppo, state = _trained_agent(actor)
+    cfg = Config().override([*SMALL_NET, f"net.actor={actor}", "methods=[shrink_perturb]", "shrink_perturb.shrink=0.7",
+                             "shrink_perturb.perturb=0.2", "shrink_perturb.networks=actor"]).validate()
+    ppo = PPO(cfg, obs_dim=15, action_dim=3)
+    (sp,) = ppo.interventions
+    key = jax.random.PRNGKey(5)
+    new, events = ppo.task_switch(state, key, 1)
+    fresh = _leaves(ppo.init(jax.random.fold_in(key, 0)).params["actor"])  # the intervention's key: its index 0
+    before, after = _leaves(state.params["actor"]), _leaves(new.params["actor"])
+    for path, old in before.items():
+        np.testing.assert_allclose(after[path], 0.7 * old.astype(np.float64) + 0.2 * fresh[path], rtol=1e-6, atol=1e-7)
+    assert not any(m.any() for m in _leaves(_adam(new.opt_state["actor"]).mu).values())
+    assert not any(m.any() for m in _leaves(_adam(new.opt_state["actor"]).nu).values())
+    assert int(_adam(new.opt_state["actor"]).count) == int(_adam(state.opt_state["actor"]).count)
+    for a, b in zip(jax.tree.leaves((state.params["critic"], state.opt_state["critic"])),
+                    jax.tree.leaves((new.params["critic"], new.opt_state["critic"]))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the critic is not touched
+    assert events == {"shrink_perturb/params": float(sum(x.size for x in before.values()))}
+    assert not ppo.acts_after_iterations  # every=0: only at switches
+    # the limits: shrink 0, perturb 1 is the fresh init; moments=keep leaves Adam alone
+    cfg = cfg.override(["shrink_perturb.shrink=0", "shrink_perturb.perturb=1", "shrink_perturb.moments=keep"]).validate()
+    ppo = PPO(cfg, obs_dim=15, action_dim=3)
+    new, _ = ppo.task_switch(state, key, 1)
+    for path, x in _leaves(new.params["actor"]).items():
+        np.testing.assert_array_equal(x, fresh[path])
+    for a, b in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(new.opt_state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_shrink_perturb_every_n_update_phases_fires_on_the_nth_and_validates():
+    ppo, state = _trained_agent()
+    cfg = Config().override([*SMALL_NET, "methods=[shrink_perturb]", "shrink_perturb.at_switch=false",
+                             "shrink_perturb.every=3", "shrink_perturb.shrink=0.99", "shrink_perturb.perturb=0.01"]
+                            ).validate()
+    ppo = PPO(cfg, obs_dim=15, action_dim=3)
+    assert ppo.acts_after_iterations
+    obs = jnp.zeros((4, 15))
+    fired = [i for i in range(9) if ppo.after_iteration(state, obs, jax.random.PRNGKey(i), i)[1]]
+    assert fired == [2, 5, 8]
+    same, events = ppo.task_switch(state, jax.random.PRNGKey(0), 1)
+    assert events == {} and same is state  # at_switch=false
+    with pytest.raises(ConfigError, match="shrink_perturb.every"):
+        Config().override(["methods=[shrink_perturb]", "shrink_perturb.at_switch=false"]).validate()
+    with pytest.raises(ConfigError, match="shrink_perturb.moments"):
+        Config().override(["shrink_perturb.moments=maybe"]).validate()
+
+
+def test_a_run_killed_before_shrink_perturb_fires_resumes_exactly(tmp_path):
+    cfg = _cfg("methods=[shrink_perturb]", "shrink_perturb.every=4", "shrink_perturb.shrink=0.9",
+               "shrink_perturb.perturb=0.05")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    events = [(e["env_step"], e["event"]) for e in read_metrics(ref.path("events.csv"))]
+    # every 4th of 6 iterations per task (iteration 3: env step 512 in task 0), and the switch at 768
+    assert events == [(512, "shrink_perturb/params"), (768, "shrink_perturb/params"), (1280, "shrink_perturb/params")]
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = _crashing_after(Runner(cfg, crashed), 3)  # before the first firing, after no checkpoint yet
+    with pytest.raises(_Crash):
+        runner.run()
+    Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
+    assert compare_runs(ref.root, crashed.root) == []

@@ -322,6 +322,25 @@ class RedoConfig:
 
 
 @dataclass(frozen=True)
+class ShrinkPerturbConfig:
+    """Method `shrink_perturb`: theta <- shrink * theta + perturb * theta_fresh at task switches and/or every
+    `every` update phases (docs/methods.md)."""
+
+    shrink: float = 0.4
+    """Factor on the current parameters: the example of Ash & Adams' code (JordanAsh/warm_start README)."""
+    perturb: float = 0.1
+    """Factor on a fresh sample of the network's initialisation (same README example)."""
+    at_switch: bool = True
+    """Apply it at every CRL task switch (the paper's moment: when new data arrive)."""
+    every: int = 0
+    """Also apply it every `every` update phases (0: never; the per-update variant wants shrink near 1)."""
+    networks: str = "both"
+    """`actor`, `critic` or `both`."""
+    moments: str = "zero"
+    """`zero`: the Adam moments of the changed networks are zeroed (as `reset`); `keep`: left as they are."""
+
+
+@dataclass(frozen=True)
 class ResetConfig:
     """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
 
@@ -350,6 +369,7 @@ class Config:
     parseval: ParsevalConfig = field(default_factory=ParsevalConfig)
     redo: RedoConfig = field(default_factory=RedoConfig)
     cchain: CChainConfig = field(default_factory=CChainConfig)
+    shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -602,6 +622,17 @@ def _validate(cfg: Config) -> None:
     _check(1 <= cfg.redo.every <= 10_000_000, "redo.every", "must be in [1, 10000000] (update phases)", cfg.redo.every)
     _check(cfg.redo.networks in ("actor", "critic", "both"), "redo.networks", "must be 'actor', 'critic' or 'both'",
            cfg.redo.networks)
+    sp = cfg.shrink_perturb
+    _check(sp.shrink >= 0, "shrink_perturb.shrink", "must be >= 0", sp.shrink)
+    _check(sp.perturb >= 0, "shrink_perturb.perturb", "must be >= 0", sp.perturb)
+    _check(0 <= sp.every <= 10_000_000, "shrink_perturb.every", "must be in [0, 10000000] (update phases; 0: never)",
+           sp.every)
+    _check(sp.networks in ("actor", "critic", "both"), "shrink_perturb.networks", "must be 'actor', 'critic' or 'both'",
+           sp.networks)
+    _check(sp.moments in ("zero", "keep"), "shrink_perturb.moments", "must be 'zero' or 'keep'", sp.moments)
+    if "shrink_perturb" in cfg.methods:
+        _check(sp.at_switch or sp.every > 0, "shrink_perturb.every",
+               "must be > 0 when shrink_perturb.at_switch is false (else it never fires)", sp.every)
     net = methods.resolved_net(cfg)
     if cfg.diag.enabled and cfg.diag.ntk and cfg.diag.ntk_method == "structured" and net.layer_norm:
         raise ConfigError("diag.ntk_method: the structured eNTK handles networks of Dense layers and LayerNorm "

@@ -223,9 +223,7 @@ class PPO:
     def acts_after_iterations(self) -> bool:
         """Whether some intervention edits the agent after update phases (the runner then calls
         `after_iteration` with the task's probe states)."""
-        from sphere_rl.methods import Intervention
-
-        return any(type(i).after_iteration is not Intervention.after_iteration for i in self.interventions)
+        return any(i.acts_after_iterations for i in self.interventions)
 
     def after_iteration(self, state: AgentState, obs: jax.Array, key: jax.Array, iteration: int) -> tuple[AgentState, Events]:
         """What the interventions do after update phase `iteration` of a task (`obs`: the task's probe

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sphere_rl.methods import redo, reset
+from sphere_rl.methods import redo, reset, shrink_perturb
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
 from sphere_rl.regularizers.churn import Churn
 from sphere_rl.regularizers.l2 import L2, L2Init
@@ -102,6 +102,12 @@ register_method(MethodSpec(
     summary="re-initialise parts of the agent at every CRL task switch (reset.parts: all, actor, critic, heads, "
             "gate, log_std); Adam moments of reset parameters zeroed",
     reference="Nikishin et al. 2022, The Primacy Bias in Deep Reinforcement Learning, ICML"))
+register_method(MethodSpec(
+    name="shrink_perturb", kind="intervention", section="shrink_perturb", build=shrink_perturb.build,
+    summary="Shrink & Perturb: theta <- shrink theta + perturb theta_fresh (a fresh init sample) at every CRL task "
+            "switch and/or every shrink_perturb.every update phases; Adam moments zeroed (moments=keep: kept)",
+    reference="Ash, Adams 2020, On Warm-Starting Neural Network Training, NeurIPS (arXiv 1910.08475); code "
+              "JordanAsh/warm_start"))
 
 
 def enabled_methods(cfg: Any) -> tuple[str, ...]:

@@ -83,6 +83,12 @@ class Intervention(abc.ABC):
 
     name: str = "intervention"
 
+    @property
+    def acts_after_iterations(self) -> bool:
+        """Whether `after_iteration` can do something (the runner then calls it after every update phase
+        with the task's probe states); default: whether a subclass overrides it."""
+        return type(self).after_iteration is not Intervention.after_iteration
+
     def on_task_switch(self, ppo: Any, state: Any, key: jax.Array, task_index: int) -> tuple[Any, Events]:
         """At the start of task `task_index` >= 1 of a CRL run, before the task-start hooks (default: nothing)."""
         del ppo, key, task_index
