@@ -589,3 +589,124 @@ def test_a_run_killed_before_shrink_perturb_fires_resumes_exactly(tmp_path):
         runner.run()
     Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
     assert compare_runs(ref.root, crashed.root) == []
+
+
+# ------------------------------------------------------------------------------------ TRAC
+
+
+def test_erfi_matches_scipy_over_the_range_trac_uses():
+    from scipy.special import erfi as scipy_erfi
+
+    from sphere_rl.methods.trac import X_MAX, erfi
+
+    x = np.concatenate([np.linspace(-X_MAX, X_MAX, 721), [1 / np.sqrt(2), -1e-3, 1e-3]])
+    np.testing.assert_allclose(np.asarray(erfi(jnp.asarray(x, jnp.float32)), np.float64), scipy_erfi(x), rtol=3e-5,
+                               atol=1e-30)
+
+
+def _np_trac(theta0, grads, base_updates, betas, s_prev=1e-8, eps=1e-8, variant="torch"):
+    """TRAC's step in float64 numpy, from the official PyTorch description (docs/methods-sources.md §8; the
+    optax file's s0 = s_prev and no clamp for `jax`), with the base optimiser's updates given: the
+    parameters after every step."""
+    from scipy.special import erfi as scipy_erfi
+
+    betas = np.asarray(betas, np.float64)
+    ref, theta = theta0.copy(), theta0.copy()
+    s, sigma, v = np.full(len(betas), s_prev if variant == "jax" else 0.0), np.full(len(betas), 1e-8), np.zeros(len(betas))
+    out = []
+    for g, u in zip(grads, base_updates):
+        delta = (theta - ref) / (s.sum() + eps)
+        h = float(delta @ g)
+        delta = delta + u
+        v = betas ** 2 * v + h * h
+        sigma = betas * sigma - h
+        s = s_prev / scipy_erfi(1 / np.sqrt(2)) * scipy_erfi(sigma / (np.sqrt(2) * np.sqrt(v) + eps))
+        theta = ref + (max(s.sum(), 0.0) if variant == "torch" else s.sum()) * delta
+        out.append(theta.copy())
+    return out
+
+
+@pytest.mark.parametrize("variant", ["torch", "jax"])
+def test_trac_follows_its_defining_recursion_against_numpy(variant):
+    import optax
+
+    from sphere_rl.methods.trac import trac
+
+    rng = np.random.default_rng(0)
+    theta0 = rng.normal(size=7)
+    # gradients of a quadratic around a far-away optimum, so TRAC's scale grows over the steps
+    target = theta0 + 50.0
+    tx = trac(optax.sgd(0.1), betas=(0.9, 0.99, 0.999), s_prev=1e-3, variant=variant)
+    params = jnp.asarray(theta0, jnp.float32)
+    state = tx.init(params)
+    grads, ours = [], []
+    for _ in range(25):
+        g = np.asarray(params, np.float64) - target + 0.1 * rng.normal(size=7)
+        grads.append(g)
+        updates, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+        params = optax.apply_updates(params, updates)
+        ours.append(np.asarray(params, np.float64))
+    expected = _np_trac(theta0, grads, [-0.1 * g for g in grads], (0.9, 0.99, 0.999), s_prev=1e-3, variant=variant)
+    for step, (a, b) in enumerate(zip(ours, expected)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4, err_msg=f"step {step}")
+    assert float(jnp.sum(state.s)) > 1e-3 * 2 and np.linalg.norm(ours[-1] - theta0) > np.linalg.norm(ours[2] - theta0)
+
+
+def test_trac_wraps_each_networks_adam_and_logs_its_scale():
+    ppo, state, mb = _ppo("methods=[trac]")
+    assert ppo.trac and not ppo.interventions
+    new, metrics = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
+    # 20 steps from s = 0: the scale has grown from 0 but is still far below 1 (s_prev = 1e-8)
+    assert 0 < float(metrics["trac/scale"]) < 1e-2 and 0 < float(metrics["trac/critic/scale"]) < 1e-2
+    # TRAC starts with tiny steps: the parameters barely move compared with plain Adam
+    plain, plain_state, _ = _ppo()  # same initial parameters, plain Adam state
+    moved_plain = plain.update_phase(plain_state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))[0]
+    dist = lambda a: float(sum(jnp.sum(jnp.square(x - y)) for x, y in zip(jax.tree.leaves(a.params),  # noqa: E731
+                                                                            jax.tree.leaves(state.params))))
+    assert 0 < dist(new) < 1e-6 * dist(moved_plain)
+    # reference point: the parameters the optimiser started from
+    from sphere_rl.methods.trac import TracState
+
+    (ts,) = [n for n in jax.tree.leaves(new.opt_state["actor"], is_leaf=lambda n: isinstance(n, TracState))
+             if isinstance(n, TracState)]
+    for a, b in zip(jax.tree.leaves(ts.ref), jax.tree.leaves(state.params["actor"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ConfigError, match="trac.betas"):
+        Config().override(["trac.betas=[0.9,1.0]"]).validate()
+
+
+def test_a_run_with_trac_logs_its_scale_and_resumes_exactly(tmp_path):
+    cfg = _cfg("methods=[trac]")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    rows = read_metrics(ref.path("metrics.csv"))
+    assert len(rows) == 12 and all(r["trac/critic/scale"] > 0 for r in rows)
+    # this tiny run's actor shows the PyTorch rule's trap: sum s < 0 from the start, so it never moves
+    assert all(r["trac/scale"] < 0 for r in rows)
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = _crashing_after(Runner(cfg, crashed), 9)  # inside task 1, after its first checkpoint
+    with pytest.raises(_Crash):
+        runner.run()
+    Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
+    assert compare_runs(ref.root, crashed.root) == []
+
+
+def test_trac_torch_rule_freezes_a_network_whose_scale_turns_negative_and_the_jax_rule_does_not():
+    import optax
+
+    from sphere_rl.methods.trac import trac
+
+    theta0 = jnp.zeros(3)
+    g1, g2 = jnp.asarray([1.0, 0.0, 0.0]), jnp.asarray([-1.0, 0.0, 0.0])  # the second step goes uphill: h > 0
+    for variant, frozen in (("torch", True), ("jax", False)):
+        tx = trac(optax.sgd(0.1), variant=variant)
+        params, state = theta0, tx.init(theta0)
+        trajectory = []
+        for g in (g1, g2, g1, g1, g1):
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+            trajectory.append(np.asarray(params))
+        if frozen:
+            assert float(jnp.sum(state.s)) < 0 and all((t == 0).all() for t in trajectory[1:])
+        else:
+            assert not (trajectory[-1] == trajectory[-2]).all()

@@ -341,6 +341,21 @@ class ShrinkPerturbConfig:
 
 
 @dataclass(frozen=True)
+class TracConfig:
+    """Method `trac`: the TRAC parameter-free wrapper around each network's Adam (docs/methods.md)."""
+
+    betas: tuple[float, ...] = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999)
+    """Discount factors of TRAC's scale estimators (official default: six, 0.9 ... 0.999999)."""
+    s_prev: float = 1e-8
+    """The scale constant (official name `s_prev`; default 1e-8)."""
+    eps: float = 1e-8
+    """Numerical constant of TRAC's updates (official default 1e-8)."""
+    variant: str = "torch"
+    """`torch`: the official PyTorch rule (s starts at 0, scale max(sum s, 0)); `jax`: the official optax file's
+    (s starts at s_prev, no clamp)."""
+
+
+@dataclass(frozen=True)
 class ResetConfig:
     """Method `reset`: re-initialise parts of the agent at every CRL task switch (docs/methods.md)."""
 
@@ -370,6 +385,7 @@ class Config:
     redo: RedoConfig = field(default_factory=RedoConfig)
     cchain: CChainConfig = field(default_factory=CChainConfig)
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
+    trac: TracConfig = field(default_factory=TracConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -633,6 +649,11 @@ def _validate(cfg: Config) -> None:
     if "shrink_perturb" in cfg.methods:
         _check(sp.at_switch or sp.every > 0, "shrink_perturb.every",
                "must be > 0 when shrink_perturb.at_switch is false (else it never fires)", sp.every)
+    _check(len(cfg.trac.betas) >= 1 and all(0 < b < 1 for b in cfg.trac.betas), "trac.betas",
+           "must be a non-empty list of numbers in (0, 1)", list(cfg.trac.betas))
+    _check(cfg.trac.s_prev > 0, "trac.s_prev", "must be > 0", cfg.trac.s_prev)
+    _check(cfg.trac.eps > 0, "trac.eps", "must be > 0", cfg.trac.eps)
+    _check(cfg.trac.variant in ("torch", "jax"), "trac.variant", "must be 'torch' or 'jax'", cfg.trac.variant)
     net = methods.resolved_net(cfg)
     if cfg.diag.enabled and cfg.diag.ntk and cfg.diag.ntk_method == "structured" and net.layer_norm:
         raise ConfigError("diag.ntk_method: the structured eNTK handles networks of Dense layers and LayerNorm "

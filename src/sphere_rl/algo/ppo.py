@@ -38,7 +38,7 @@ from sphere_rl.algo.losses import (
 from sphere_rl.algo.normalizer import RunningMeanStd
 from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
-from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods, resolved_net
+from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods, resolved_net, trac
 from sphere_rl.regularizers import make_regularizer
 from sphere_rl.regularizers.base import ReferenceOutputs, Regularizer
 
@@ -73,8 +73,14 @@ class Batch(NamedTuple):
     returns: jax.Array
 
 
-def _make_optimizer(learning_rate: float, max_grad_norm: float, eps: float) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adam(learning_rate, eps=eps))
+def _make_optimizer(learning_rate: float, max_grad_norm: float, eps: float,
+                    trac_settings: tuple | None = None) -> optax.GradientTransformation:
+    """Clip each network's gradient by its global norm, then Adam (wrapped in TRAC when `trac_settings` =
+    (betas, s_prev, eps, variant), method `trac`)."""
+    adam = optax.adam(learning_rate, eps=eps)
+    if trac_settings is not None:
+        adam = trac.trac(adam, *trac_settings)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), adam)
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -158,8 +164,11 @@ class PPO:
         """The other loss-kind methods (L2, L2-init, ...): state `reg_state[method][network]`, terms
         `<network>/<method>/<term>`, each weighted by its own mode and coefficient."""
         p = cfg.ppo
-        self.tx = optax.inject_hyperparams(_make_optimizer, static_args=("max_grad_norm", "eps"))(
-            learning_rate=p.lr, max_grad_norm=p.max_grad_norm, eps=p.adam_eps
+        self.trac = "trac" in self.methods
+        trac_settings = ((tuple(cfg.trac.betas), cfg.trac.s_prev, cfg.trac.eps, cfg.trac.variant) if self.trac
+                         else None)
+        self.tx = optax.inject_hyperparams(_make_optimizer, static_args=("max_grad_norm", "eps", "trac_settings"))(
+            learning_rate=p.lr, max_grad_norm=p.max_grad_norm, eps=p.adam_eps, trac_settings=trac_settings
         )
         self.update_phase = jax.jit(self._update_phase)
         self.policy_step = jax.jit(self._policy_step, static_argnames=("deterministic",))
@@ -542,4 +551,7 @@ class PPO:
         summary["early_stopped"] = stopped.astype(jnp.float32)
         summary["learning_rate_end"] = opt_learning_rate(state.opt_state["actor"])
         summary["log_std"] = jnp.mean(state.params["actor"]["params"]["log_std"])
+        if self.trac:
+            summary["trac/scale"] = trac.scale_of(state.opt_state["actor"])
+            summary["trac/critic/scale"] = trac.scale_of(state.opt_state["critic"])
         return state, summary

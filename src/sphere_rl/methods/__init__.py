@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sphere_rl.methods import redo, reset, shrink_perturb
+from sphere_rl.methods import redo, reset, shrink_perturb, trac
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
 from sphere_rl.regularizers.churn import Churn
 from sphere_rl.regularizers.l2 import L2, L2Init
@@ -108,6 +108,12 @@ register_method(MethodSpec(
             "switch and/or every shrink_perturb.every update phases; Adam moments zeroed (moments=keep: kept)",
     reference="Ash, Adams 2020, On Warm-Starting Neural Network Training, NeurIPS (arXiv 1910.08475); code "
               "JordanAsh/warm_start"))
+register_method(MethodSpec(
+    name="trac", kind="optimizer", section="trac",
+    summary="TRAC: parameter-free scaling of each network's Adam trajectory from its starting point, "
+            "theta = theta_ref + max(sum s, 0) delta, s from erfi-based online estimators (6 betas)",
+    reference="Muppidi, Zhang, Yang 2024, Fast TRAC: A Parameter-Free Optimizer for Lifelong Reinforcement "
+              "Learning, NeurIPS (arXiv 2405.16642); code ComputationalRobotics/TRAC"))
 
 
 def enabled_methods(cfg: Any) -> tuple[str, ...]:
