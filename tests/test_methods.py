@@ -248,8 +248,6 @@ def test_loss_methods_compose_with_sphere_each_weighted_by_its_own_mode(sphere_m
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"load_balance"}))
 def test_every_method_on_every_actor_builds_and_takes_one_update(method, actor):
     extra = ["reg.name=sphere"] if method == "sphere" else [f"methods=[{method}]"]
-    if method == "layernorm":
-        extra.append("diag.ntk_method=generic")  # the structured eNTK refuses LayerNorm (tested below)
     ppo, state, mb = _ppo(*extra, actor=actor)
     assert method in ppo.methods
     new, metrics = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
@@ -500,11 +498,16 @@ def test_crelu_concatenates_both_signs_and_the_structured_entk_still_matches_the
     np.testing.assert_allclose(np.asarray(structured), np.asarray(generic), rtol=1e-3, atol=1e-4)
 
 
-def test_the_structured_entk_refuses_layernorm_by_name():
+def test_the_structured_entk_refuses_layernorm_by_name_and_auto_picks_the_generic_one():
+    from sphere_rl.config import ntk_method
+
     with pytest.raises(ConfigError, match="diag.ntk_method: the structured eNTK"):
-        Config().override(["methods=[layernorm]"]).validate()
-    Config().override(["methods=[layernorm]", "diag.ntk=false"]).validate()
-    Config().override(["methods=[layernorm]", "diag.ntk_method=generic"]).validate()
+        Config().override(["methods=[layernorm]", "diag.ntk_method=structured"]).validate()
+    Config().override(["methods=[layernorm]", "diag.ntk=false", "diag.ntk_method=structured"]).validate()
+    assert ntk_method(Config().override(["methods=[layernorm]"]).validate()) == "generic"  # auto, the default
+    assert ntk_method(Config().override(["net.layer_norm=true"]).validate()) == "generic"
+    assert ntk_method(Config().override(["methods=[crelu]"]).validate()) == "structured"
+    assert ntk_method(Config().override(["methods=[layernorm]", "diag.ntk_method=generic"]).validate()) == "generic"
 
 
 def test_redo_with_crelu_recycles_a_unit_only_when_both_halves_are_dormant():

@@ -224,8 +224,9 @@ class DiagConfig:
     """Policy steps on fresh envs of the task to draw the probe set from (num_envs x probe_steps states)."""
     ntk: bool = True
     """Compute r_e(K) (exact eNTK of the action mean) at every diagnostics step, not only the cheap metrics."""
-    ntk_method: str = "structured"
-    """`structured` (fast exact path for our networks) or `generic` (per-state Jacobians; any network, slow)."""
+    ntk_method: str = "auto"
+    """`structured` (fast exact path for networks of Dense layers), `generic` (per-state Jacobians; any network,
+    slow) or `auto`: structured, and generic where the structured path cannot go (LayerNorm)."""
     ntk_reduction: str = "trace"
     """`trace`: K = sum_a J_a J_a^T (N x N); `full`: the (N*A) x (N*A) kernel."""
     n_top: int = 3
@@ -596,6 +597,16 @@ def _path_ok(path: str) -> bool:
     return b"\0" not in raw and all(len(part) <= _NAME_MAX for part in raw.split(os.fsencode(os.sep)))
 
 
+def ntk_method(cfg: Config) -> str:
+    """The eNTK path a run uses: `diag.ntk_method`, with `auto` resolved (generic when the resolved network has
+    LayerNorm, which the structured path does not handle; structured otherwise)."""
+    from sphere_rl import methods
+
+    if cfg.diag.ntk_method != "auto":
+        return cfg.diag.ntk_method
+    return "generic" if methods.resolved_net(cfg).layer_norm else "structured"
+
+
 def rl_probe_task(cfg: Config) -> str | None:
     """The RL plasticity probe's env id (`diag.rl_probe_task`, `auto` resolved), None when it is off
     (`diag.rl_probe_steps` 0 or diagnostics off) or `auto` finds no held-out task."""
@@ -746,7 +757,8 @@ def _validate(cfg: Config) -> None:
         _check(bool(rl_probe_task(cfg)), "diag.rl_probe_task",
                f"must name an env id: {run.tasks!r} has no held-out task for `auto`", d.rl_probe_task)
     _check(d.n_states <= 65_536, "diag.n_states", "must be <= 65536 (the eNTK is N x N)", d.n_states)
-    _check(d.ntk_method in ("structured", "generic"), "diag.ntk_method", "must be 'structured' or 'generic'", d.ntk_method)
+    _check(d.ntk_method in ("auto", "structured", "generic"), "diag.ntk_method", "must be 'auto', 'structured' or 'generic'",
+           d.ntk_method)
     _check(d.ntk_reduction in ("trace", "full"), "diag.ntk_reduction", "must be 'trace' or 'full'", d.ntk_reduction)
     _check(0.0 <= d.dormant_tau < 1.0, "diag.dormant_tau", "must be in [0, 1)", d.dormant_tau)
 

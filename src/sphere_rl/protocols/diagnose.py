@@ -13,6 +13,7 @@ import numpy as np
 from sphere_rl import envs
 from sphere_rl.diagnostics.probe import ProbeSet, subsample
 from sphere_rl.protocols.evaluate import require_checkpoint, saved_config
+from sphere_rl.config import ntk_method
 from sphere_rl.protocols.runner import Runner
 from sphere_rl.runs import RunDir
 from sphere_rl.runs.atomic import atomic_write_json
@@ -107,7 +108,7 @@ def diagnose_run(
         "task": runner.tasks[t],
         "probe": source,
         "n_states": int(states.shape[0]),
-        "ntk_method": cfg.diag.ntk_method if ntk else None,
+        "ntk_method": ntk_method(cfg) if ntk else None,
         "ntk_reduction": cfg.diag.ntk_reduction if ntk else None,
         "seconds": time.perf_counter() - start,
         **diagnosis.to_dict(n_eigenvalues),

@@ -19,7 +19,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-from sphere_rl.config import Config
+from sphere_rl.config import Config, ntk_method
 from sphere_rl.diagnostics.probe import ProbeSet, subsample
 from sphere_rl.diagnostics.suite import Diagnosis, diagnose
 from sphere_rl.runs import RunDir
@@ -122,7 +122,7 @@ class RunDiagnostics:
         return diagnose(
             self.ppo.actor, agent.params["actor"], obs,
             anchor_params=self.anchors.get(task_index),
-            ntk=full and d.ntk, ntk_method=d.ntk_method, ntk_reduction=d.ntk_reduction, n_top=d.n_top,
+            ntk=full and d.ntk, ntk_method=ntk_method(self.cfg), ntk_reduction=d.ntk_reduction, n_top=d.n_top,
             dormant_tau=d.dormant_tau, memory_budget=d.memory_budget_mb * 1024**2,
             fit_steps=d.fit_steps if fit else 0, fit_lr=d.fit_lr,
         )
