@@ -432,7 +432,7 @@ def test_the_papers_ablations_are_presets_on_top_of_the_official_sphere_run():
 
     base = preset("h1-paper-sphere")
     for name, field, value in (("all-layers", "placement", "all"), ("per-expert", "form", "per_expert"),
-                               ("critic", "critic", True)):
+                               ("critic", "critic", True), ("gradient-factor", "factor", "gradient")):
         cfg = preset(f"h1-ablation-{name}").validate()
         assert getattr(cfg.reg, field) == value and cfg.reg.mode == "grad" and cfg.reg.resolved_coef == 0.001
         assert cfg.replace(reg=base.reg) == base  # nothing else differs from the official SPHERE run
@@ -713,3 +713,66 @@ def test_trac_torch_rule_freezes_a_network_whose_scale_turns_negative_and_the_ja
             assert float(jnp.sum(state.s)) < 0 and all((t == 0).all() for t in trajectory[1:])
         else:
             assert not (trajectory[-1] == trajectory[-2]).all()
+
+
+# ------------------------------------------------------------------------------------ SPHERE gradient-factor ablation
+
+
+def _np_sphere(m):
+    a = m.T @ m / m.shape[0]
+    return float(np.sum(np.square(a - np.trace(a) / a.shape[0] * np.eye(a.shape[0]))))
+
+
+@pytest.mark.parametrize("actor,activation", [("mlp", "tanh"), ("topk_moe", "relu"), ("ds_moe", "tanh"),
+                                              ("dense_moe", "crelu")])
+def test_the_gradient_factor_is_the_jacobian_of_the_action_mean_in_the_last_pre_activation(actor, activation):
+    """Against central finite differences of f(z) = sum_e g_e act(z_e) W_e in float64 numpy, z rebuilt from
+    the forward pass's features, and the SPHERE loss of the rows (state, output) in numpy."""
+    from sphere_rl.regularizers.sphere import gradient_factor, head_kernel
+
+    ppo, state, mb = _ppo("reg.name=sphere", "reg.factor=gradient", f"net.activation={activation}",
+                          "net.dispatch=dense", actor=actor)
+    assert ppo.regularizer.factor == "gradient" and ppo.regularizer.activation == activation
+    obs = mb.obs[:6]
+    out = ppo.actor.apply(state.params["actor"], obs)
+    h = np.asarray(out.features.hidden[-1], np.float64)  # (E, T, H_out)
+    g = np.asarray(out.features.gates, np.float64).T  # (E, T)
+    w = np.asarray(head_kernel(state.params["actor"]), np.float64)  # (E, H_in, A)
+    if activation == "crelu":
+        width = h.shape[-1] // 2
+        z = h[..., :width] - h[..., width:]
+        act = lambda x: np.concatenate([np.maximum(x, 0), np.maximum(-x, 0)], axis=-1)  # noqa: E731
+    elif activation == "tanh":
+        z, act = np.arctanh(np.clip(h, -1 + 1e-12, 1 - 1e-12)), np.tanh
+    else:
+        z, act = np.where(h > 0, h, -1.0), lambda x: np.maximum(x, 0)
+    n_e, n_t, width = z.shape
+    n_a = w.shape[-1]
+    f = lambda zz: np.einsum("et,eth,eha->ta", g, act(zz), w)  # noqa: E731  the mixture, head biases drop out
+    jac = np.zeros((n_e, n_t, n_a, width))
+    step = 1e-6
+    for e in range(n_e):
+        for i in range(width):
+            dz = np.zeros_like(z)
+            dz[e, :, i] = step
+            jac[e, :, :, i] = (f(z + dz) - f(z - dz)) / (2 * step)
+    ours = np.asarray(gradient_factor(out.features, head_kernel(state.params["actor"]), activation), np.float64)
+    np.testing.assert_allclose(ours, jac, rtol=1e-4, atol=1e-6)
+    # the penalty: SPHERE's loss of Psi (T A, E H) on the minibatch
+    terms, _ = ppo._losses(state.params, mb, state.reg_state, None)
+    full = ppo.actor.apply(state.params["actor"], mb.obs)
+    psi = np.asarray(gradient_factor(full.features, head_kernel(state.params["actor"]), activation), np.float64)
+    rows = np.transpose(psi, (1, 2, 0, 3)).reshape(psi.shape[1] * psi.shape[2], -1)
+    assert float(terms["actor/feature"]) == pytest.approx(_np_sphere(rows), rel=2e-3)
+
+
+def test_the_gradient_factor_under_sparse_dispatch_equals_dense_and_is_refused_off_the_last_layer():
+    sparse, state, mb = _ppo("reg.name=sphere", "reg.factor=gradient", "net.dispatch=sparse")
+    dense, _, _ = _ppo("reg.name=sphere", "reg.factor=gradient", "net.dispatch=dense")
+    gs, ms = sparse._gradients(state.params, mb, state.reg_state, None)
+    gd, md = dense._gradients(state.params, mb, state.reg_state, None)
+    assert float(ms["reg/penalty"]) == pytest.approx(float(md["reg/penalty"]), rel=1e-4)
+    _close(gs, gd, rtol=1e-3, atol=1e-6)
+    assert float(ms["reg/penalty"]) > 0
+    with pytest.raises(ConfigError, match="reg.factor"):
+        Config().override(["reg.name=sphere", "reg.factor=gradient", "reg.placement=all"]).validate()

@@ -150,6 +150,10 @@ class RegConfig:
     """SPHERE: `last` hidden expert layer (paper default) or `all` hidden expert layers (summed)."""
     form: str = "concat"
     """SPHERE: `concat` (Gram of concatenated routing-weighted features) or `per_expert` (sum over experts)."""
+    factor: str = "forward"
+    """SPHERE: the factor whose Gram is penalised: `forward` (the expert features Phi, the paper's method) or
+    `gradient` (the backpropagated factor d f / d z of the last hidden pre-activation, routing-weighted and
+    concatenated: the paper's gradient-factor ablation as SPEC §3 reads it; `placement=last` only)."""
     routing_coef: float = 0.0
     """SPHERE: ratio (lambda in `fixed` mode) of the routing penalty, the same spectral penalty on the
     router's gate weights G (T x E routed experts, zero outside the top-k: the official
@@ -728,6 +732,9 @@ def _validate(cfg: Config) -> None:
     _check(r.coef is None or r.coef >= 0, "reg.coef", "must be >= 0 (or none: the mode's default)", r.coef)
     _check(r.placement in ("last", "all"), "reg.placement", "must be 'last' or 'all'", r.placement)
     _check(r.form in ("concat", "per_expert"), "reg.form", "must be 'concat' or 'per_expert'", r.form)
+    _check(r.factor in ("forward", "gradient"), "reg.factor", "must be 'forward' or 'gradient'", r.factor)
+    _check(r.factor == "forward" or r.placement == "last", "reg.factor",
+           "'gradient' is defined on the last hidden layer only (reg.placement=last)", r.factor)
     _check(r.routing_coef >= 0, "reg.routing_coef", "must be >= 0", r.routing_coef)
 
     _check(run.protocol in ("rl", "crl"), "run.protocol", "must be 'rl' or 'crl'", run.protocol)
@@ -889,10 +896,11 @@ _ABLATIONS: dict[str, tuple[dict[str, Any], str]] = {
     "all-layers": ({"reg.placement": "all"}, "on all hidden expert layers, summed (paper: 0.42 ± 0.07)"),
     "per-expert": ({"reg.form": "per_expert"}, "as a sum of per-expert losses, no cross-expert terms (paper: 0.40 ± 0.08)"),
     "critic": ({"reg.critic": True}, "also on the critic's features (the official `apply_to.critic`)"),
+    "gradient-factor": ({"reg.factor": "gradient"}, "on the Gram of the backpropagated factor d f / d z of the last "
+                        "hidden pre-activation instead of the features (our reading; paper: 0.43 ± 0.09)"),
 }
 """The paper's SPHERE ablations on HumanoidBench CRL (SPEC §3; w/o SPHERE 0.36 ± 0.08, w/ 0.54 ± 0.12) that this
-library runs: name -> (overrides on top of SPHERE as the official script runs it, what it changes). The
-gradient-factor ablation is not built yet (docs/methods.md)."""
+library runs: name -> (overrides on top of SPHERE as the official script runs it, what it changes)."""
 for _name, (_overrides, _what) in _ABLATIONS.items():
     register_preset(
         f"h1-ablation-{_name}",

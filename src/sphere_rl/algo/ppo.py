@@ -156,6 +156,8 @@ class PPO:
         self.regularizer = make_regularizer(cfg.reg if "sphere" not in self.methods or cfg.reg.name == "sphere"
                                             else dataclasses.replace(cfg.reg, name="sphere"))
         """SPHERE (None when off); its state is `reg_state[network]` and its terms `<network>/<term>`."""
+        if self.regularizer is not None and getattr(self.regularizer, "factor", "forward") == "gradient":
+            self.regularizer = dataclasses.replace(self.regularizer, activation=net.activation)
         self.interventions = build_interventions(cfg)
         self.reg_networks: tuple[str, ...] = ()
         if self.regularizer is not None:

@@ -33,6 +33,7 @@ from sphere_rl.regularizers.base import Info, Regularizer
 
 PLACEMENTS = ("last", "all")
 FORMS = ("concat", "per_expert")
+FACTORS = ("forward", "gradient")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -124,6 +125,51 @@ def feature_loss(features: Features, placement: str = "last", form: str = "conca
     raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
 
 
+def head_kernel(params: Any) -> jax.Array:
+    """(E, H_in, A) the output layer's kernel of every expert (an MLP's head as E = 1) in a network's params."""
+    p = params["params"]
+    if "moe" in p:
+        return p["moe"]["experts"]["head"]["kernel"]
+    head = p["mean_head"] if "mean_head" in p else p["value_head"]
+    return head["kernel"][None]
+
+
+def gradient_factor(features: Features, kernel: jax.Array, activation: str) -> jax.Array:
+    """(E, T, A, H) the routing-weighted backpropagated factor d f_a / d z_{e,i}: f the network's output
+    (the gate-weighted sum of the experts' linear heads), z_e expert e's last hidden pre-activation (the
+    input of its activation, after LayerNorm when there is one). With h = act(z) and W_e the head kernel:
+    g_e(x) * W_e[i, a] * act'(z_i), act' read from h: relu 1[h > 0], tanh 1 - h^2; crelu (h = [relu(z),
+    relu(-z)]) W_e[i, a] 1[z_i > 0] - W_e[H + i, a] 1[z_i < 0]. Computed from the forward pass, so its
+    gradient needs no second derivative of the network (nor of sparse dispatch's custom VJP)."""
+    hidden = features.hidden[-1]  # (E, T, H_out)
+    gates = features.gates.T.astype(hidden.dtype)  # (E, T)
+    w = jnp.swapaxes(kernel, 1, 2)[:, None]  # (E, 1, A, H_in)
+    if activation == "crelu":
+        width = hidden.shape[-1] // 2
+        pos, neg = (hidden[..., :width] > 0), (hidden[..., width:] > 0)
+        factor = w[..., :width] * pos[:, :, None, :] - w[..., width:] * neg[:, :, None, :]
+    elif activation == "relu":
+        factor = w * (hidden > 0)[:, :, None, :]
+    elif activation == "tanh":
+        factor = w * (1.0 - jnp.square(hidden))[:, :, None, :]
+    else:
+        raise ValueError(f"gradient factor: unknown activation {activation!r}")
+    return gates[:, :, None, None] * factor
+
+
+def gradient_factor_loss(features: Features, kernel: jax.Array, activation: str, form: str) -> jax.Array:
+    """SPHERE's penalty on the gradient factor: rows are (state, action output) pairs, columns the
+    concatenated (expert, unit) pairs: Psi (T A, E H), L(Psi) as for Phi (`concat`), or summed over experts
+    of each expert's (T A, H) block (`per_expert`)."""
+    psi = gradient_factor(features, kernel, activation)  # (E, T, A, H)
+    n_experts, batch, n_out, width = psi.shape
+    if form == "concat":
+        return sphere_loss(jnp.transpose(psi, (1, 2, 0, 3)).reshape(batch * n_out, n_experts * width))
+    if form == "per_expert":
+        return jnp.sum(jax.vmap(sphere_loss)(psi.reshape(n_experts, batch * n_out, width)))
+    raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+
+
 @dataclass(frozen=True)
 class SphereRegularizer(Regularizer):
     """The SPHERE penalty on a network's routing-weighted expert features, as unweighted terms.
@@ -142,9 +188,18 @@ class SphereRegularizer(Regularizer):
     coef: float = 0.05
     routing_coef: float = 0.0
     log_proxy_rank: bool = False
+    factor: str = "forward"
+    """`forward`: Phi, the expert features (the paper's SPHERE); `gradient`: Psi, the backpropagated factor
+    (the paper's gradient-factor ablation as we read it, SPEC §3; `gradient_factor`)."""
+    activation: str = "relu"
+    """The network's hidden activation (the gradient factor needs its derivative)."""
     name: str = "sphere"
 
     def __post_init__(self) -> None:
+        if self.factor not in FACTORS:
+            raise ValueError(f"factor must be one of {FACTORS}, got {self.factor!r}")
+        if self.factor == "gradient" and self.placement != "last":
+            raise ValueError("the gradient factor is defined on the last hidden layer only (placement='last')")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.form not in FORMS:
@@ -157,9 +212,12 @@ class SphereRegularizer(Regularizer):
         return {"feature": self.coef, "routing": self.routing_coef}
 
     def penalty(self, out: Any, params: Any, state: Any = None) -> tuple[dict[str, jax.Array], Info]:
-        del params, state
+        del state
         features = out.features
-        terms = {"feature": feature_loss(features, self.placement, self.form)}
+        if self.factor == "gradient":
+            terms = {"feature": gradient_factor_loss(features, head_kernel(params), self.activation, self.form)}
+        else:
+            terms = {"feature": feature_loss(features, self.placement, self.form)}
         gates = routed_gates(features)
         routing = routing_loss(gates) if gates is not None else jnp.zeros((), terms["feature"].dtype)
         if self.routing_coef > 0 and gates is not None:
@@ -176,4 +234,4 @@ class SphereRegularizer(Regularizer):
 
 def build(reg_cfg: RegConfig) -> SphereRegularizer:
     return SphereRegularizer(placement=reg_cfg.placement, form=reg_cfg.form, coef=reg_cfg.resolved_coef,
-                             routing_coef=reg_cfg.routing_coef)
+                             routing_coef=reg_cfg.routing_coef, factor=reg_cfg.factor)
