@@ -104,19 +104,6 @@ class Intervention(abc.ABC):
 # ------------------------------------------------------------------------------------ parameter surgery
 
 
-def _masked_moments(opt_state: Any, mask: Any) -> Any:
-    """`opt_state` with the Adam first and second moments zeroed where `mask` (a tree like the network's
-    parameters) is True; the step count and everything else kept."""
-
-    def fix(node: Any) -> Any:
-        if isinstance(node, optax.ScaleByAdamState):
-            zero = lambda m, x: jnp.where(m, jnp.zeros_like(x), x)  # noqa: E731
-            return node._replace(mu=jax.tree.map(zero, mask, node.mu), nu=jax.tree.map(zero, mask, node.nu))
-        return node
-
-    return jax.tree.map(fix, opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
-
-
 class Edit(NamedTuple):
     """A change to one parameter array: elements where `take` get `fresh`'s values, else where `zero` get 0."""
 
@@ -156,11 +143,16 @@ def edit_elements(state: Any, network: str, plan: dict[tuple[str, ...], Edit]) -
 
 
 def replace_where(state: Any, masks: dict[str, Any], fresh: dict[str, Any]) -> tuple[Any, int]:
-    """The agent with the parameters selected by `masks` ({network: bool tree}) taken from `fresh`
-    ({network: params}) and their Adam moments zeroed; also the number of scalars replaced."""
-    params, opt_state, count = dict(state.params), dict(state.opt_state), 0
+    """The agent with the whole parameter arrays selected by `masks` ({network: bool per leaf}) taken from
+    `fresh` ({network: params}) and their Adam moments zeroed (`edit_elements` with whole-array edits);
+    also the number of scalars replaced."""
+    count = 0
     for name, mask in masks.items():
-        params[name] = jax.tree.map(lambda m, new, old: new if m else old, mask, fresh[name], state.params[name])
-        opt_state[name] = _masked_moments(state.opt_state[name], mask)
-        count += sum(int(x.size) for m, x in zip(jax.tree.leaves(mask), jax.tree.leaves(state.params[name])) if m)
-    return state.replace(params=params, opt_state=opt_state), count
+        plan = {}
+        for (path, chosen), new in zip(jax.tree_util.tree_flatten_with_path(mask)[0], jax.tree.leaves(fresh[name])):
+            if chosen:
+                shape = np.shape(new)
+                plan[path_names(path)] = Edit(np.zeros(shape, bool), np.ones(shape, bool), new)
+                count += int(np.prod(shape))
+        state = edit_elements(state, name, plan)
+    return state, count
