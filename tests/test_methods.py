@@ -776,3 +776,60 @@ def test_the_gradient_factor_under_sparse_dispatch_equals_dense_and_is_refused_o
     assert float(ms["reg/penalty"]) > 0
     with pytest.raises(ConfigError, match="reg.factor"):
         Config().override(["reg.name=sphere", "reg.factor=gradient", "reg.placement=all"]).validate()
+
+
+# ------------------------------------------------------------------------------------ Parseval's diagonal layer
+
+
+def _perturbed(params, seed=3):
+    """Parameters with every leaf moved a little, so a diagonal layer's scale 1 / bias 0 are no longer trivial."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: x + 0.3 * jnp.asarray(rng.normal(size=x.shape), x.dtype), params)
+
+
+def test_parseval_adds_a_diagonal_layer_after_every_hidden_dense_and_numpy_agrees():
+    ppo, state, mb = _ppo("methods=[parseval]", actor="mlp")
+    assert ppo.cfg.parseval.diag_layer and "diag_0" in state.params["actor"]["params"]["trunk"]
+    diag = state.params["critic"]["params"]["trunk"]["diag_0"]
+    np.testing.assert_array_equal(np.asarray(diag["scale"]), 1.0)  # the official DiagLinear's init
+    np.testing.assert_array_equal(np.asarray(diag["bias"]), 0.0)
+    params = _perturbed(state.params["actor"])
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"])
+    h = np.asarray(mb.obs, np.float64)
+    for i in range(2):
+        pre = h @ p["trunk"][f"dense_{i}"]["kernel"] + p["trunk"][f"dense_{i}"]["bias"]
+        h = np.maximum(pre * p["trunk"][f"diag_{i}"]["scale"][0] + p["trunk"][f"diag_{i}"]["bias"][0], 0.0)
+    mean = h @ p["mean_head"]["kernel"] + p["mean_head"]["bias"]
+    np.testing.assert_allclose(np.asarray(ppo.actor.apply(params, mb.obs).mean), mean, rtol=1e-4, atol=1e-5)
+    # the penalty ignores the diagonal layers (official: only `orthog` weights), and the eNTK goes generic
+    from sphere_rl.config import ntk_method
+    from sphere_rl.regularizers.parseval import hidden_kernels
+
+    assert all("diag_0" not in path and "diag_1" not in path for path, _ in hidden_kernels(params))
+    assert ntk_method(ppo.cfg) == "generic"
+    off, off_state, _ = _ppo("methods=[parseval]", "parseval.diag_layer=false", actor="mlp")
+    assert "diag_0" not in off_state.params["actor"]["params"]["trunk"] and ntk_method(off.cfg) == "structured"
+    with pytest.raises(ConfigError, match="diag.ntk_method"):
+        Config().override(["methods=[parseval]", "diag.ntk_method=structured"]).validate()
+
+
+@pytest.mark.parametrize("actor", ["topk_moe", "ds_moe"])
+def test_diagonal_layers_in_experts_and_gate_give_the_same_numbers_under_sparse_and_dense_dispatch(actor):
+    sparse, state, mb = _ppo("net.diag_layer=true", "net.dispatch=sparse", actor=actor)
+    dense, _, _ = _ppo("net.diag_layer=true", "net.dispatch=dense", actor=actor)
+    moe = state.params["actor"]["params"]["moe"]
+    assert moe["experts"]["diag_0"]["scale"].shape == moe["experts"]["layer_0"]["bias"].shape
+    assert "diag_0" in moe["gate"]["trunk"]
+    params = _perturbed(state.params["actor"])
+    a, b = sparse.actor.apply(params, mb.obs), dense.actor.apply(params, mb.obs)
+    np.testing.assert_allclose(np.asarray(a.mean), np.asarray(b.mean), rtol=1e-5, atol=1e-5)
+    ga = jax.grad(lambda p: jnp.sum(sparse.actor.apply(p, mb.obs).mean ** 2))(params)
+    gb = jax.grad(lambda p: jnp.sum(dense.actor.apply(p, mb.obs).mean ** 2))(params)
+    _close(ga, gb, rtol=1e-4, atol=1e-5)
+    # expert e's first hidden layer in numpy: (x K_e + b_e) * c_e + d_e, then ReLU
+    p = jax.tree.map(lambda x: np.asarray(x, np.float64), params["params"]["moe"]["experts"])
+    x = np.asarray(mb.obs, np.float64)
+    pre = np.einsum("bi,eio->ebo", x, p["layer_0"]["kernel"]) + p["layer_0"]["bias"][:, None]
+    want = np.maximum(pre * p["diag_0"]["scale"][:, None] + p["diag_0"]["bias"][:, None], 0.0)
+    got = np.asarray(dense.actor.apply(params, mb.obs).features.hidden[0], np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -50,6 +50,9 @@ class NetConfig:
     layer_norm: bool = False
     """A LayerNorm after every hidden Dense (actor, experts, gating MLP, critic), before the activation: the
     official SPHERE code's `use_layer_norm` (method `layernorm`)."""
+    diag_layer: bool = False
+    """A learnable diagonal layer (x * scale + bias, scale 1 and bias 0 at init) right after every hidden Dense
+    (actor, experts, gating MLP, critic): the Parseval code's `add_diag_layer` (`parseval.diag_layer`)."""
     load_balance_coef: float = 0.0
     """Weight of the auxiliary load-balancing loss (Switch-Transformer form); 0 disables it."""
     dispatch: str = "sparse"
@@ -297,6 +300,9 @@ class ParsevalConfig:
     scale: float | None = None
     """s, the target squared norm of each neuron's incoming weights; None: the initialisation's (1 for
     `net.init=official`, LeCun normal; 2 for `orthogonal` with gain sqrt(2), the official code's)."""
+    diag_layer: bool = True
+    """A learnable diagonal layer after every hidden Dense (sets `net.diag_layer`), as the official MetaWorld runs
+    (`add_diag_layer=True`): it gives back the per-unit scale the orthogonality penalty takes away."""
 
 
 @dataclass(frozen=True)
@@ -608,7 +614,8 @@ def ntk_method(cfg: Config) -> str:
 
     if cfg.diag.ntk_method != "auto":
         return cfg.diag.ntk_method
-    return "generic" if methods.resolved_net(cfg).layer_norm else "structured"
+    net = methods.resolved_net(cfg)
+    return "generic" if net.layer_norm or net.diag_layer else "structured"
 
 
 def rl_probe_task(cfg: Config) -> str | None:
@@ -670,9 +677,10 @@ def _validate(cfg: Config) -> None:
     _check(cfg.trac.eps > 0, "trac.eps", "must be > 0", cfg.trac.eps)
     _check(cfg.trac.variant in ("torch", "jax"), "trac.variant", "must be 'torch' or 'jax'", cfg.trac.variant)
     net = methods.resolved_net(cfg)
-    if cfg.diag.enabled and cfg.diag.ntk and cfg.diag.ntk_method == "structured" and net.layer_norm:
-        raise ConfigError("diag.ntk_method: the structured eNTK handles networks of Dense layers and LayerNorm "
-                          "(net.layer_norm, method layernorm) adds others; set diag.ntk_method=generic (slower) or "
+    if cfg.diag.enabled and cfg.diag.ntk and cfg.diag.ntk_method == "structured" and (net.layer_norm or net.diag_layer):
+        raise ConfigError("diag.ntk_method: the structured eNTK handles networks of Dense layers and LayerNorm or a "
+                          "diagonal layer (net.layer_norm, net.diag_layer) adds others; set diag.ntk_method=generic "
+                          "or auto (slower) or "
                           "diag.ntk=false, got 'structured'")
     from sphere_rl.methods.reset import PARTS as RESET_PARTS
 

@@ -68,8 +68,9 @@ def _parseval(cfg: Any) -> LossMethod:
 
 register_method(MethodSpec(
     name="parseval", kind="loss", section="parseval", build=_parseval,
+    net_overrides=lambda cfg: (("diag_layer", True),) if cfg.parseval.diag_layer else (),
     summary="Parseval: sum over hidden layers of (64/width)^2 ||W W^T - s I||_F^2, s the init's squared gain "
-            "(outputs and biases excluded)",
+            "(outputs and biases excluded), with a learnable diagonal layer after each (parseval.diag_layer)",
     reference="Chung, Cherif, Meger, Precup 2024, Parseval Regularization for Continual Reinforcement Learning, "
               "NeurIPS (arXiv 2412.07224); code wechu/parseval_reg"))
 register_method(MethodSpec(
@@ -137,7 +138,8 @@ def resolved_net(cfg: Any) -> Any:
 
     net = cfg.net
     for name in enabled_methods(cfg):
-        overrides = dict(METHODS[name].net_overrides)
+        spec_overrides = METHODS[name].net_overrides
+        overrides = dict(spec_overrides(cfg) if callable(spec_overrides) else spec_overrides)
         if overrides:
             net = dataclasses.replace(net, **overrides)
     return net

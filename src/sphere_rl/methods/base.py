@@ -44,8 +44,9 @@ class MethodSpec:
     """How it is switched on besides listing it in `methods` (e.g. `reg.name=sphere`); empty: only the list."""
     build: Callable[[Any], Any] | None = None
     """Config -> the object PPO uses (an Intervention for the `intervention` kind)."""
-    net_overrides: tuple[tuple[str, Any], ...] = ()
-    """`architecture` kind: the `net.*` fields it sets when listed (`(("layer_norm", True),)`)."""
+    net_overrides: tuple[tuple[str, Any], ...] | Callable[[Any], tuple[tuple[str, Any], ...]] = ()
+    """The `net.*` fields it sets when listed (`(("layer_norm", True),)`), or config -> those fields (a method
+    whose architecture change is one of its settings, e.g. Parseval's diagonal layer)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -151,15 +151,40 @@ class StackedLayerNorm(nn.Module):
         return normed * scale[:, None, :] + bias[:, None, :]
 
 
+class StackedDiagonal(nn.Module):
+    """A learnable per-unit affine map y = x * scale + bias (Parseval's diagonal layer, `DiagLinear` in the
+    official code: scale 1, bias 0 at initialisation), one per stack member: `scale`, `bias` (E, H). Inputs as
+    `StackedLayerNorm`'s: (E, B, H), (B, H) with `n_stack=1` (an MLP), or rows (R, H) with `groups`."""
+
+    n_stack: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
+                 groups: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+        width = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (self.n_stack, width))
+        bias = self.param("bias", nn.initializers.zeros, (self.n_stack, width))
+        if members is not None:
+            scale, bias = scale[members[0]:members[1]], bias[members[0]:members[1]]
+        if groups is not None:
+            _, row_member = groups
+            return x * scale[row_member] + bias[row_member]
+        if x.ndim == 2:  # (B, H), one member
+            return x * scale[0] + bias[0]
+        return x * scale[:, None, :] + bias[:, None, :]
+
+
 class MLPTrunk(nn.Module):
     """Dense hidden layers; returns every post-activation output, each (B, H_l) ((B, 2 H_l) with CReLU).
     With `layer_norm` a LayerNorm (`ln_<i>`) sits after each Dense, before the activation (the official
-    SPHERE code's `use_layer_norm`)."""
+    SPHERE code's `use_layer_norm`); with `diag_layer` a diagonal layer (`diag_<i>`) right after the Dense
+    (Parseval's `add_diag_layer`)."""
 
     hidden_sizes: Sequence[int]
     activation: str = "relu"
     init_scheme: str = "orthogonal"
     layer_norm: bool = False
+    diag_layer: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, ...]:
@@ -167,6 +192,8 @@ class MLPTrunk(nn.Module):
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
             x = dense(width, HIDDEN_GAIN, name=f"dense_{i}", init=self.init_scheme)(x)
+            if self.diag_layer:
+                x = StackedDiagonal(1, name=f"diag_{i}")(x)
             if self.layer_norm:
                 x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, name=f"ln_{i}")(x)
             x = act(x)
@@ -191,6 +218,7 @@ class StackedMLP(nn.Module):
     activation: str = "relu"
     init_scheme: str = "orthogonal"
     layer_norm: bool = False
+    diag_layer: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, members: tuple[int, int] | None = None,
@@ -199,6 +227,8 @@ class StackedMLP(nn.Module):
         hidden = []
         for i, width in enumerate(self.hidden_sizes):
             x = StackedDense(self.n_stack, width, HIDDEN_GAIN, self.init_scheme, name=f"layer_{i}")(x, members, groups)
+            if self.diag_layer:
+                x = StackedDiagonal(self.n_stack, name=f"diag_{i}")(x, members, groups)
             if self.layer_norm:
                 x = StackedLayerNorm(self.n_stack, name=f"ln_{i}")(x, members, groups)
             x = act(x)

@@ -28,10 +28,12 @@ class MLPActor(nn.Module):
     log_std_init: float = 0.0
     init_scheme: str = "orthogonal"
     layer_norm: bool = False
+    diag_layer: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> ActorOutput:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, name="trunk")(obs)
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, self.diag_layer,
+                          name="trunk")(obs)
         mean = dense(self.action_dim, POLICY_HEAD_GAIN, name="mean_head", init=self.init_scheme)(hidden[-1])
         log_std = self.param("log_std", nn.initializers.constant(self.log_std_init), (self.action_dim,))
         return ActorOutput(mean=mean, log_std=log_std, features=dense_features(hidden), aux_loss=jnp.zeros(()))
@@ -44,10 +46,12 @@ class MLPCritic(nn.Module):
     activation: str = "relu"
     init_scheme: str = "orthogonal"
     layer_norm: bool = False
+    diag_layer: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> CriticOutput:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, name="trunk")(obs)
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, self.diag_layer,
+                          name="trunk")(obs)
         value = dense(1, VALUE_HEAD_GAIN, name="value_head", init=self.init_scheme)(hidden[-1])[:, 0]
         return CriticOutput(value=value, features=dense_features(hidden), aux_loss=jnp.zeros(()))
 
@@ -60,9 +64,10 @@ def build_actor(cfg: NetConfig, action_dim: int) -> MLPActor:
         log_std_init=cfg.log_std_init,
         init_scheme=cfg.init,
         layer_norm=cfg.layer_norm,
+        diag_layer=cfg.diag_layer,
     )
 
 
 def build_critic(cfg: NetConfig) -> MLPCritic:
     return MLPCritic(hidden_sizes=tuple(cfg.critic_hidden_sizes), activation=cfg.activation, init_scheme=cfg.init,
-                     layer_norm=cfg.layer_norm)
+                     layer_norm=cfg.layer_norm, diag_layer=cfg.diag_layer)

@@ -40,6 +40,8 @@ class MoESpec:
     """Weight-initialisation scheme (`layers.INITS`)."""
     layer_norm: bool = False
     """A LayerNorm after every hidden Dense of the experts and of the gating MLP, before the activation."""
+    diag_layer: bool = False
+    """A diagonal layer (x * scale + bias) right after every hidden Dense of the experts and the gating MLP."""
 
     def __post_init__(self) -> None:
         if self.router not in ROUTERS:
@@ -130,10 +132,12 @@ class GateNetwork(nn.Module):
     activation: str = "relu"
     init_scheme: str = "orthogonal"
     layer_norm: bool = False
+    diag_layer: bool = False
 
     @nn.compact
     def __call__(self, obs: jax.Array) -> jax.Array:
-        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, name="trunk")(obs)
+        hidden = MLPTrunk(self.hidden_sizes, self.activation, self.init_scheme, self.layer_norm, self.diag_layer,
+                          name="trunk")(obs)
         return dense(self.n_experts, GATE_HEAD_GAIN, name="logits", init=self.init_scheme)(hidden[-1])
 
 
@@ -152,7 +156,7 @@ class MoEBody(nn.Module):
     def __call__(self, obs: jax.Array) -> tuple[jax.Array, Features, jax.Array]:
         spec = self.spec
         logits = GateNetwork(spec.n_experts, spec.gate_hidden_sizes, spec.activation, spec.init_scheme, spec.layer_norm,
-                             name="gate")(obs)
+                             spec.diag_layer, name="gate")(obs)
         routing = ROUTERS[spec.router](logits, spec.top_k, spec.temperature)
         shared_gates = jnp.ones((obs.shape[0], spec.n_shared), routing.gates.dtype)
         gates = jnp.concatenate([shared_gates, routing.gates], axis=-1)
@@ -165,6 +169,7 @@ class MoEBody(nn.Module):
             activation=spec.activation,
             init_scheme=spec.init_scheme,
             layer_norm=spec.layer_norm,
+            diag_layer=spec.diag_layer,
             name="experts",
         )
         # Initialise through the dense path: the same parameters (and random draws) whatever the dispatch.
@@ -237,6 +242,7 @@ def moe_spec(cfg: NetConfig, kind: str, hidden_sizes: tuple[int, ...]) -> MoESpe
         dispatch=cfg.dispatch,
         init_scheme=cfg.init,
         layer_norm=cfg.layer_norm,
+        diag_layer=cfg.diag_layer,
     )
 
 
