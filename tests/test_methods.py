@@ -833,3 +833,116 @@ def test_diagonal_layers_in_experts_and_gate_give_the_same_numbers_under_sparse_
     want = np.maximum(pre * p["diag_0"]["scale"][:, None] + p["diag_0"]["bias"][:, None], 0.0)
     got = np.asarray(dense.actor.apply(params, mb.obs).features.hidden[0], np.float64)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ plasticity injection
+
+
+def _outputs(ppo, params, obs):
+    """(action mean, log std, value) of plain networks with `params`, applied one by one."""
+    a, c = ppo.actor.apply(params["actor"], obs), ppo.critic.apply(params["critic"], obs)
+    return np.asarray(a.mean, np.float64), np.asarray(a.log_std, np.float64), np.asarray(c.value, np.float64)
+
+
+@pytest.mark.parametrize("actor", ["mlp", "ds_moe"])
+def test_injection_keeps_the_function_freezes_the_old_network_and_trains_a_fresh_one(actor):
+    _, state = _trained_agent(actor)
+    ppo, _, mb = _ppo("methods=[injection]", actor=actor)
+    state = state.replace(injection=ppo.init(jax.random.PRNGKey(0)).injection)  # the trained agent, not injected
+    key = jax.random.PRNGKey(5)
+    new, events = ppo.task_switch(state, key, 1)
+    fresh = ppo.init(jax.random.fold_in(key, 0)).params  # the intervention's key: its index 0
+    for name in ("actor", "critic"):
+        for path, x in _leaves(new.params[name]).items():
+            np.testing.assert_array_equal(x, _leaves(fresh[name])[path])
+            np.testing.assert_array_equal(_leaves(new.injection[name]["old"])[path], _leaves(state.params[name])[path])
+            np.testing.assert_array_equal(_leaves(new.injection[name]["init"])[path], _leaves(fresh[name])[path])
+        assert not any(m.any() for m in _leaves(_adam(new.opt_state[name]).mu).values())
+        assert not any(m.any() for m in _leaves(_adam(new.opt_state[name]).nu).values())
+    n_scalars = sum(x.size for x in jax.tree.leaves(state.params))
+    assert events == {"injection/params": float(n_scalars)} and bool(new.injection["active"])
+    # the policy and the values are those of the old network (f_new + f_old - f_new = f_old, to rounding)
+    obs = mb.obs
+    old_mean, old_log_std, old_value = _outputs(ppo, state.params, obs)
+    action, log_prob, value = ppo.policy_step(new, obs, jax.random.PRNGKey(3), deterministic=True)
+    np.testing.assert_allclose(action, old_mean, atol=2e-6)
+    np.testing.assert_allclose(value, old_value, atol=2e-5)
+    np.testing.assert_allclose(log_prob, -np.sum(old_log_std + 0.5 * np.log(2 * np.pi)) * np.ones(len(obs)), atol=1e-4)
+    # training moves the live network only; the outputs stay f_live + f_old - f_init, each applied on its own
+    trained, _ = ppo.update_phase(new, mb, jax.random.PRNGKey(1), jnp.asarray(1e-3, jnp.float32))
+    for a, b in zip(jax.tree.leaves(new.injection), jax.tree.leaves(trained.injection)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(trained.params)))
+    live, old, init = (_outputs(ppo, p, obs) for p in (trained.params, state.params, fresh))
+    mean, log_std, value = (lv + o - i for lv, o, i in zip(live, old, init))
+    action, log_prob, got_value = ppo.policy_step(trained, obs, jax.random.PRNGKey(3), deterministic=True)
+    np.testing.assert_allclose(action, mean, atol=2e-5)
+    np.testing.assert_allclose(got_value, value, atol=2e-4)
+    np.testing.assert_allclose(ppo.value(trained, obs), value, atol=2e-4)
+    np.testing.assert_allclose(log_prob, -np.sum(log_std + 0.5 * np.log(2 * np.pi)) * np.ones(len(obs)), atol=1e-4)
+    # once per run: a later switch does nothing
+    again, events = ppo.task_switch(trained, jax.random.PRNGKey(6), 1)
+    assert events == {} and again is trained
+
+
+def test_injected_gradients_are_those_of_the_live_network_shifted_by_the_frozen_offset():
+    """With frozen networks that differ only in their output biases and log std, the offset is a constant c,
+    and f_live + c is a plain network whose output biases are shifted by c: its gradients must be the same."""
+    ppo, state, mb = _ppo("methods=[injection]", actor="mlp")
+    plain, _, _ = _ppo(actor="mlp")
+    c_mean, c_value, c_log_std = np.float32([0.3, -0.2, 0.1]), np.float32(0.7), np.float32([-0.1, 0.05, 0.2])
+
+    def shifted(params):
+        p = jax.tree.map(lambda x: x, params)  # a copy of the containers
+        p["actor"]["params"]["mean_head"]["bias"] = p["actor"]["params"]["mean_head"]["bias"] + c_mean
+        p["actor"]["params"]["log_std"] = p["actor"]["params"]["log_std"] + c_log_std
+        p["critic"]["params"]["value_head"]["bias"] = p["critic"]["params"]["value_head"]["bias"] + c_value
+        return p
+
+    other = plain.init(jax.random.PRNGKey(9)).params
+    old = shifted(other)
+    injection = {"active": jnp.asarray(True), **{n: {"old": old[n], "init": other[n]} for n in ("actor", "critic")}}
+    state = state.replace(injection=injection)
+    offsets = ppo.offsets(state, mb.obs)
+    np.testing.assert_allclose(offsets["mean"], np.broadcast_to(c_mean, offsets["mean"].shape), atol=1e-5)
+    np.testing.assert_allclose(offsets["value"], np.full(len(mb.obs), c_value), atol=1e-5)
+    np.testing.assert_allclose(offsets["log_std"], c_log_std, atol=1e-6)
+    got, got_metrics = ppo._gradients(state.params, mb, offsets=offsets)
+    want, want_metrics = plain._gradients(shifted(state.params), mb)
+    for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=2e-4, atol=2e-6, err_msg=str(path_names(path)))
+    np.testing.assert_allclose(got_metrics["loss"], want_metrics["loss"], rtol=1e-5)
+
+
+def test_injection_after_n_update_phases_fires_once_and_validates():
+    ppo, _, _ = _ppo("methods=[injection]", "injection.at_task=0", "injection.after_iterations=3",
+                     "injection.networks=actor")
+    state = ppo.init(jax.random.PRNGKey(0))
+    assert ppo.acts_after_iterations and set(state.injection) == {"active", "actor"}
+    obs = jnp.zeros((4, 15))
+    fired = []
+    for i in range(7):
+        state, events = ppo.after_iteration(state, obs, jax.random.PRNGKey(i), i)
+        fired += [i] if events else []
+    assert fired == [2]  # after the third update phase, then never again
+    assert set(ppo.offsets(state, obs)) == {"mean", "log_std"}  # the critic is not injected
+    same, events = ppo.task_switch(state, jax.random.PRNGKey(0), 1)
+    assert events == {} and same is state
+    with pytest.raises(ConfigError, match="injection.at_task"):
+        Config().override(["methods=[injection]", "injection.at_task=0"]).validate()
+    with pytest.raises(ConfigError, match="injection.networks"):
+        Config().override(["injection.networks=gate"]).validate()
+
+
+def test_a_crl_run_injects_at_its_task_and_a_run_killed_before_resumes_exactly(tmp_path):
+    cfg = _cfg("methods=[injection]", "injection.at_task=1")
+    ref = RunDir.create(tmp_path, name="ref", config=cfg.to_dict(), seed=0)
+    Runner(cfg, ref).run()
+    events = [(e["env_step"], e["task_index"], e["event"]) for e in read_metrics(ref.path("events.csv"))]
+    assert events == [(768, 1, "injection/params")]  # the first switch, once
+    crashed = RunDir.create(tmp_path, name="crashed", config=cfg.to_dict(), seed=0)
+    runner = _crashing_after(Runner(cfg, crashed), 4)  # in task 0, before the injection at the switch
+    with pytest.raises(_Crash):
+        runner.run()
+    Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
+    assert compare_runs(ref.root, crashed.root) == []

@@ -352,6 +352,19 @@ class ShrinkPerturbConfig:
 
 
 @dataclass(frozen=True)
+class InjectionConfig:
+    """Method `injection`: plasticity injection, once per run (docs/methods.md)."""
+
+    at_task: int = 1
+    """Inject at the start of this CRL task (1: the second task, the first switch; 0: not at a switch)."""
+    after_iterations: int = 0
+    """Inject after this many update phases of a task (the paper's single-task use; 0: never). With both
+    set, the first of the two injects and the other does nothing."""
+    networks: str = "both"
+    """`actor`, `critic` or `both`."""
+
+
+@dataclass(frozen=True)
 class TracConfig:
     """Method `trac`: the TRAC parameter-free wrapper around each network's Adam (docs/methods.md)."""
 
@@ -397,6 +410,7 @@ class Config:
     cchain: CChainConfig = field(default_factory=CChainConfig)
     shrink_perturb: ShrinkPerturbConfig = field(default_factory=ShrinkPerturbConfig)
     trac: TracConfig = field(default_factory=TracConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
 
     # -- derived quantities -------------------------------------------------------------
     @property
@@ -671,6 +685,16 @@ def _validate(cfg: Config) -> None:
     if "shrink_perturb" in cfg.methods:
         _check(sp.at_switch or sp.every > 0, "shrink_perturb.every",
                "must be > 0 when shrink_perturb.at_switch is false (else it never fires)", sp.every)
+    inj = cfg.injection
+    _check(0 <= inj.at_task <= 10_000, "injection.at_task", "must be in [0, 10000] (0: not at a task switch)",
+           inj.at_task)
+    _check(0 <= inj.after_iterations <= 10_000_000, "injection.after_iterations",
+           "must be in [0, 10000000] (update phases; 0: never)", inj.after_iterations)
+    _check(inj.networks in ("actor", "critic", "both"), "injection.networks", "must be 'actor', 'critic' or 'both'",
+           inj.networks)
+    if "injection" in cfg.methods:
+        _check(inj.at_task > 0 or inj.after_iterations > 0, "injection.at_task",
+               "must be > 0 when injection.after_iterations is 0 (else it never fires)", inj.at_task)
     _check(len(cfg.trac.betas) >= 1 and all(0 < b < 1 for b in cfg.trac.betas), "trac.betas",
            "must be a non-empty list of numbers in (0, 1)", list(cfg.trac.betas))
     _check(cfg.trac.s_prev > 0, "trac.s_prev", "must be > 0", cfg.trac.s_prev)

@@ -39,6 +39,7 @@ from sphere_rl.algo.normalizer import RunningMeanStd
 from sphere_rl.config import Config
 from sphere_rl.nets import make_actor, make_critic
 from sphere_rl.methods import Events, LossMethod, build_interventions, build_losses, enabled_methods, resolved_net, trac
+from sphere_rl.methods import injection as injection_method
 from sphere_rl.regularizers import make_regularizer
 from sphere_rl.regularizers.base import ReferenceOutputs, Regularizer
 
@@ -61,6 +62,9 @@ class AgentState(flax.struct.PyTreeNode):
     """() float32: SBX's `KLAdaptiveLR.current_adaptive_lr` (`kl_mode=adaptive_lr`; else unused)."""
     reg_state: Any = None
     """{network: state} of the regulariser for each penalised network (None without a regulariser)."""
+    injection: Any = None
+    """Method `injection`: {"active": () bool, network: {"old": params, "init": params}} (None without it);
+    the network's output is its live output plus that of "old" minus that of "init" (`PPO.offsets`)."""
 
 
 class Batch(NamedTuple):
@@ -159,6 +163,10 @@ class PPO:
         if self.regularizer is not None and getattr(self.regularizer, "factor", "forward") == "gradient":
             self.regularizer = dataclasses.replace(self.regularizer, activation=net.activation)
         self.interventions = build_interventions(cfg)
+        self.injected: tuple[str, ...] = ()
+        """The networks that method `injection` injects into (their outputs get `offsets`)."""
+        if "injection" in self.methods:
+            self.injected = ("actor", "critic") if cfg.injection.networks == "both" else (cfg.injection.networks,)
         self.reg_networks: tuple[str, ...] = ()
         if self.regularizer is not None:
             self.reg_networks = ("actor", "critic") if cfg.reg.critic else ("actor",)
@@ -187,9 +195,10 @@ class PPO:
             reg_state = dict(reg_state or {})
             for method in self.losses:
                 reg_state[method.name] = {n: method.regularizer.init_state(params[n]) for n in method.networks}
+        injection = injection_method.initial_state(params, self.injected) if self.injected else None
         return AgentState(params=params, opt_state=self.init_optimizer(params),
                           obs_rms=RunningMeanStd.create(self.obs_dim),
-                          kl_lr=jnp.asarray(self.cfg.ppo.lr, jnp.float32), reg_state=reg_state)
+                          kl_lr=jnp.asarray(self.cfg.ppo.lr, jnp.float32), reg_state=reg_state, injection=injection)
 
     def init_optimizer(self, params: Params) -> dict[str, Any]:
         return {name: self.tx.init(params[name]) for name in NETWORKS}
@@ -268,32 +277,70 @@ class PPO:
             return raw_obs.astype(jnp.float32)
         return state.obs_rms.normalize(raw_obs, self.cfg.ppo.obs_clip)
 
+    def offsets(self, state: AgentState, obs: jax.Array) -> dict[str, jax.Array] | None:
+        """Method `injection`'s frozen part of the outputs on `obs`, f_old(x) - f_init(x), not differentiated:
+        {"mean": (B, A), "log_std": (A,)} for an injected actor, {"value": (B,)} for an injected critic;
+        zeros before the injection (not computed then, outside a vmap); None without the method."""
+        if not self.injected:
+            return None
+        inj = jax.lax.stop_gradient(state.injection)
+
+        def frozen(_):
+            out = {}
+            if "actor" in self.injected:
+                old, new = self.actor.apply(inj["actor"]["old"], obs), self.actor.apply(inj["actor"]["init"], obs)
+                out["mean"], out["log_std"] = old.mean - new.mean, old.log_std - new.log_std
+            if "critic" in self.injected:
+                out["value"] = (self.critic.apply(inj["critic"]["old"], obs).value
+                                - self.critic.apply(inj["critic"]["init"], obs).value)
+            return out
+
+        shapes = jax.eval_shape(frozen, None)
+        return jax.lax.cond(inj["active"], frozen,
+                            lambda _: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), None)
+
+    @staticmethod
+    def _with_offsets(actor_out: Any, critic_out: Any, offsets: dict[str, jax.Array] | None) -> tuple[Any, Any]:
+        """The outputs the policy and the value use: the networks' own plus `offsets` (method `injection`)."""
+        if offsets is None:
+            return actor_out, critic_out
+        if "mean" in offsets:
+            actor_out = actor_out._replace(mean=actor_out.mean + offsets["mean"],
+                                           log_std=actor_out.log_std + offsets["log_std"])
+        if "value" in offsets:
+            critic_out = critic_out._replace(value=critic_out.value + offsets["value"])
+        return actor_out, critic_out
+
     def _policy_step(self, state: AgentState, obs: jax.Array, key: jax.Array, deterministic: bool = False):
         """From normalised `obs` (B, obs_dim): (action (unclipped), log_prob, value)."""
-        out = self.actor.apply(state.params["actor"], obs)
+        out, critic_out = self._with_offsets(self.actor.apply(state.params["actor"], obs),
+                                             self.critic.apply(state.params["critic"], obs), self.offsets(state, obs))
         if deterministic:
             action = out.mean
         else:
             action = out.mean + jnp.exp(out.log_std) * jax.random.normal(key, out.mean.shape)
         log_prob = gaussian_log_prob(out.mean, out.log_std, action)
-        value = self.critic.apply(state.params["critic"], obs).value
-        return action, log_prob, value
+        return action, log_prob, critic_out.value
 
     def value(self, state: AgentState, obs: jax.Array) -> jax.Array:
-        return self.critic.apply(state.params["critic"], obs).value
+        value = self.critic.apply(state.params["critic"], obs).value
+        if "critic" in self.injected:
+            value = value + self.offsets(state, obs)["value"]
+        return value
 
     # ------------------------------------------------------------------ losses
-    def _losses(self, params: Params, mb: Batch, reg_state: Any = None,
-                reg_obs: jax.Array | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    def _losses(self, params: Params, mb: Batch, reg_state: Any = None, reg_obs: jax.Array | None = None,
+                offsets: dict[str, jax.Array] | None = None) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
         """The loss as named, unweighted scalar terms, and metrics.
 
         Terms: `actor/base` = L_pi - c_ent * entropy (+ the actor's load-balancing loss),
         `critic/base` = vf_coef * L_V (+ the critic's), and `<network>/<term>` for every enabled
-        regulariser term of each penalised network (weighted later, in `_gradients`).
+        regulariser term of each penalised network (weighted later, in `_gradients`). `offsets` (method
+        `injection`, on `mb.obs`) enter the policy and the value; the penalties see the live networks.
         """
         p = self.cfg.ppo
         outputs = {"actor": self.actor.apply(params["actor"], mb.obs), "critic": self.critic.apply(params["critic"], mb.obs)}
-        actor_out, critic_out = outputs["actor"], outputs["critic"]
+        actor_out, critic_out = self._with_offsets(outputs["actor"], outputs["critic"], offsets)
         log_prob = gaussian_log_prob(actor_out.mean, actor_out.log_std, mb.actions)
         advantages = normalize_advantages(mb.advantages) if p.normalize_advantage else mb.advantages
         surrogate = clipped_surrogate(log_prob, mb.log_probs, advantages, p.clip_range)
@@ -379,8 +426,8 @@ class PPO:
                                            _method_metric(method.name, name, term)))
         return out
 
-    def _gradients(self, params: Params, mb: Batch, reg_state: Any = None,
-                   reg_obs: jax.Array | None = None) -> tuple[Params, dict[str, jax.Array]]:
+    def _gradients(self, params: Params, mb: Batch, reg_state: Any = None, reg_obs: jax.Array | None = None,
+                   offsets: dict[str, jax.Array] | None = None) -> tuple[Params, dict[str, jax.Array]]:
         """Gradients of the weighted loss, and metrics. Each penalty term gets its own weight, per network:
 
         - `fixed`: lambda = coef;
@@ -411,14 +458,14 @@ class PPO:
         if not by_grad:
 
             def total_loss(params: Params):
-                terms, metrics = self._losses(params, mb, reg_state, reg_obs)
+                terms, metrics = self._losses(params, mb, reg_state, reg_obs, offsets)
                 return weighted(terms, metrics), metrics
 
             (loss, metrics), grads = jax.value_and_grad(total_loss, has_aux=True)(params)
         else:
 
             def stacked(params: Params):
-                terms, metrics = self._losses(params, mb, reg_state, reg_obs)
+                terms, metrics = self._losses(params, mb, reg_state, reg_obs, offsets)
                 base = terms["actor/base"] + terms["critic/base"]
                 values = [base, *(terms[p.key] for p in by_grad)]
                 if added:
@@ -480,12 +527,14 @@ class PPO:
     def _minibatch_step(self, carry: tuple[AgentState, jax.Array], xs: Any):
         state, stopped = carry
         p = self.cfg.ppo
-        mb, reg_obs = xs if self.uses_reference_batch else (xs, None)
+        mb, reg_obs, offsets = xs
+        if offsets is not None and "log_std" in offsets:
+            offsets = {**offsets, "log_std": offsets["log_std"][0]}
 
         def run(state: AgentState):
             lr_used = opt_learning_rate(state.opt_state["actor"])
             params_before = state.params
-            grads, metrics = self._gradients(state.params, mb, state.reg_state, reg_obs)
+            grads, metrics = self._gradients(state.params, mb, state.reg_state, reg_obs, offsets)
             finite = all_finite((metrics["loss"], grads))
             if p.kl_mode == "early_stop":
                 kl_ok = metrics["approx_kl"] <= 1.5 * p.target_kl
@@ -531,14 +580,22 @@ class PPO:
         n_mb, mb_size = cfg.n_minibatches, cfg.ppo.minibatch_size
         if cfg.ppo.kl_mode != "adaptive_lr":
             state = state.replace(opt_state=with_learning_rate(state.opt_state, learning_rate))
+        # method `injection`: the frozen networks do not change during the phase, so their part of the
+        # outputs is computed once per sample and shuffled with the batch (the log std's, the same for
+        # every sample, travels as one row per sample too; `_minibatch_step` takes the first)
+        per_sample = self.offsets(state, batch.obs)
+        if per_sample is not None and "log_std" in per_sample:
+            per_sample["log_std"] = jnp.broadcast_to(per_sample["log_std"], per_sample["mean"].shape)
 
         def epoch(carry, epoch_key):
             perm = jax.random.permutation(epoch_key, cfg.batch_size)
-            shuffled = jax.tree.map(lambda x: x[perm].reshape((n_mb, mb_size) + x.shape[1:]), batch)
+            split = lambda x: x[perm].reshape((n_mb, mb_size) + x.shape[1:])  # noqa: E731
+            ref_obs = None
             if self.uses_reference_batch:  # a second, independent shuffle: each step's reference minibatch
                 ref_perm = jax.random.permutation(jax.random.fold_in(epoch_key, 1), cfg.batch_size)
-                shuffled = (shuffled, batch.obs[ref_perm].reshape((n_mb, mb_size) + batch.obs.shape[1:]))
-            return jax.lax.scan(self._minibatch_step, carry, shuffled)
+                ref_obs = batch.obs[ref_perm].reshape((n_mb, mb_size) + batch.obs.shape[1:])
+            mb_offsets = None if per_sample is None else jax.tree.map(split, per_sample)
+            return jax.lax.scan(self._minibatch_step, carry, (jax.tree.map(split, batch), ref_obs, mb_offsets))
 
         epoch_keys = jax.random.split(key, cfg.ppo.n_epochs)
         (state, stopped), metrics = jax.lax.scan(epoch, (state, jnp.asarray(False)), epoch_keys)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sphere_rl.methods import redo, reset, shrink_perturb, trac
+from sphere_rl.methods import injection, redo, reset, shrink_perturb, trac
 from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
 from sphere_rl.regularizers.churn import Churn
 from sphere_rl.regularizers.l2 import L2, L2Init
@@ -109,6 +109,12 @@ register_method(MethodSpec(
             "switch and/or every shrink_perturb.every update phases; Adam moments zeroed (moments=keep: kept)",
     reference="Ash, Adams 2020, On Warm-Starting Neural Network Training, NeurIPS (arXiv 1910.08475); code "
               "JordanAsh/warm_start"))
+register_method(MethodSpec(
+    name="injection", kind="intervention", section="injection", build=injection.build,
+    summary="plasticity injection, once: f = f_new + stop_grad(f_old - f_new0) with f_old the network at the "
+            "injection (frozen) and f_new a fresh init, trainable; the function is unchanged at the injection",
+    reference="Nikishin, Oh, Ostrovski, Lyle, Pascanu, Dabney, Barreto 2023, Deep Reinforcement Learning with "
+              "Plasticity Injection, NeurIPS (arXiv 2305.15555)"))
 register_method(MethodSpec(
     name="trac", kind="optimizer", section="trac",
     summary="TRAC: parameter-free scaling of each network's Adam trajectory from its starting point, "
