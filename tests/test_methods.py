@@ -946,3 +946,32 @@ def test_a_crl_run_injects_at_its_task_and_a_run_killed_before_resumes_exactly(t
         runner.run()
     Runner(cfg, RunDir.open(crashed.root)).run(resume=True)
     assert compare_runs(ref.root, crashed.root) == []
+
+
+def test_an_intervention_under_trac_moves_the_reference_point_of_what_it_edits():
+    """TRAC's theta = theta_ref + S * delta: a reset must restart the displacement of what it re-initialised
+    (theta_ref = the new values there), zero its Adam moments inside TRAC, and leave the rest alone."""
+    from sphere_rl.methods.trac import TracState
+
+    ppo, state, mb = _ppo("methods=[trac,reset]", "reset.parts=[heads]", actor="mlp")
+    state, _ = ppo.update_phase(state, mb, jax.random.PRNGKey(1), jnp.asarray(3e-4, jnp.float32))
+    new, events = ppo.task_switch(state, jax.random.PRNGKey(2), 1)
+    assert events["reset/params"] > 0
+
+    def trac_state(s, name):
+        (ts,) = [n for n in jax.tree.leaves(s.opt_state[name], is_leaf=lambda n: isinstance(n, TracState))
+                 if isinstance(n, TracState)]
+        return ts
+
+    for name, head in (("actor", "mean_head"), ("critic", "value_head")):
+        before, after = trac_state(state, name), trac_state(new, name)
+        refs_before, refs_after = _leaves(before.ref), _leaves(after.ref)
+        params_after = _leaves(new.params[name])
+        mu_after = _leaves(_adam(after.base).mu)
+        for path in refs_before:
+            if head in path:
+                np.testing.assert_array_equal(refs_after[path], params_after[path])  # displacement restarts
+                assert not mu_after[path].any()
+            else:
+                np.testing.assert_array_equal(refs_after[path], refs_before[path])
+        np.testing.assert_array_equal(np.asarray(after.s), np.asarray(before.s))  # the scales are the network's

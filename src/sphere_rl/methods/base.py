@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from sphere_rl.methods import trac
 from sphere_rl.nets.paths import leaf_mask, path_names  # noqa: F401  (re-exported for methods)
 
 KINDS = ("loss", "intervention", "architecture", "optimizer")
@@ -115,7 +116,10 @@ class Edit(NamedTuple):
 
 def edit_elements(state: Any, network: str, plan: dict[tuple[str, ...], Edit]) -> Any:
     """The agent with `plan` ({parameter path: Edit}) applied to one network's parameters and the Adam first
-    and second moments of every edited element zeroed (step count and other moments kept)."""
+    and second moments of every edited element zeroed (step count and other moments kept). Under method
+    `trac`, the reference point theta_ref of every edited element moves to its new value, so TRAC's
+    displacement theta - theta_ref restarts at 0 there (else the next step would read the edit as distance
+    travelled, and a network whose scale is 0 would be put back at its old reference)."""
     if not plan:
         return state
 
@@ -131,15 +135,26 @@ def edit_elements(state: Any, network: str, plan: dict[tuple[str, ...], Edit]) -
 
     params = dict(state.params)
     params[network] = jax.tree_util.tree_map_with_path(new_param, state.params[network])
+    new_values = {path_names(p): x for p, x in jax.tree_util.tree_flatten_with_path(params[network])[0]}
+
+    def new_ref(path: tuple, old: Any) -> Any:
+        edit = plan.get(path_names(path))
+        return old if edit is None else jnp.where(edit.take | edit.zero, new_values[path_names(path)], old)
 
     def fix(node: Any) -> Any:
         if isinstance(node, optax.ScaleByAdamState):
             return node._replace(mu=jax.tree_util.tree_map_with_path(new_moment, node.mu),
                                  nu=jax.tree_util.tree_map_with_path(new_moment, node.nu))
+        if isinstance(node, trac.TracState):
+            return node._replace(base=jax.tree.map(fix, node.base, is_leaf=is_state),
+                                 ref=jax.tree_util.tree_map_with_path(new_ref, node.ref))
         return node
 
+    def is_state(x: Any) -> bool:
+        return isinstance(x, (optax.ScaleByAdamState, trac.TracState))
+
     opt_state = dict(state.opt_state)
-    opt_state[network] = jax.tree.map(fix, state.opt_state[network], is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+    opt_state[network] = jax.tree.map(fix, state.opt_state[network], is_leaf=is_state)
     return state.replace(params=params, opt_state=opt_state)
 
 
