@@ -5,7 +5,8 @@ gate 3x256; obs 51, action 19; 2048 samples, minibatch 64, `n_epochs` epochs; sp
 with that method alone and with none, interleaved in rounds (machine drift hits every method alike),
 medians reported. Interventions also get the time of one firing (`on_task_switch` or
 `after_iteration`, on 512 probe states), which happens once per task or every `every` update phases,
-not every update. `sphere methods` prints the newest measurement it finds in `benchmarks/results/`.
+not every update, and their update phase is timed on the agent after a firing (for `injection` it then
+evaluates the two frozen networks too). `sphere methods` prints the newest measurement it finds in `benchmarks/results/`.
 """
 
 from __future__ import annotations
@@ -71,15 +72,16 @@ def bench_methods(repeats: int = 2, n_epochs: int = 10, names: tuple[str, ...] |
         n = cfg.batch_size
         batch = Batch(*(jnp.asarray(rng.normal(size=s), jnp.float32) for s in [(n, OBS), (n, ACT), (n,), (n,), (n,)]))
         lr = jnp.float32(cfg.ppo.lr)
-        timers[name] = _timer(lambda p=ppo, s=state, b=batch: p.update_phase(s, b, jax.random.PRNGKey(2), lr))
         if ppo.interventions:
             probe = jnp.asarray(rng.normal(size=(512, OBS)), jnp.float32)
             if ppo.acts_after_iterations:
-                every = getattr(ppo.interventions[0], "every", 1)
-                firing[name] = _timer(lambda p=ppo, s=state, e=every: p.after_iteration(s, probe, jax.random.PRNGKey(3),
-                                                                                        e - 1)[0].params)
+                every = getattr(ppo.interventions[0], "every", None) or getattr(ppo.interventions[0], "after_iterations", 1)
+                fire = lambda p=ppo, s=state, e=every: p.after_iteration(s, probe, jax.random.PRNGKey(3), e - 1)[0]  # noqa: E731
             else:
-                firing[name] = _timer(lambda p=ppo, s=state: p.task_switch(s, jax.random.PRNGKey(3), 1)[0].params)
+                fire = lambda p=ppo, s=state: p.task_switch(s, jax.random.PRNGKey(3), 1)[0]  # noqa: E731
+            firing[name] = _timer(lambda f=fire: f().params)
+            state = fire()  # the update phase is timed as it runs once the method has acted (injection: 2 more nets)
+        timers[name] = _timer(lambda p=ppo, s=state, b=batch: p.update_phase(s, b, jax.random.PRNGKey(2), lr))
     times: dict[str, list[float]] = {k: [] for k in timers}
     for _ in range(repeats):
         for name, timer in timers.items():
