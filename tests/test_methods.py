@@ -869,7 +869,7 @@ def test_injection_keeps_the_function_freezes_the_old_network_and_trains_a_fresh
     np.testing.assert_allclose(value, old_value, atol=2e-5)
     np.testing.assert_allclose(log_prob, -np.sum(old_log_std + 0.5 * np.log(2 * np.pi)) * np.ones(len(obs)), atol=1e-4)
     # training moves the live network only; the outputs stay f_live + f_old - f_init, each applied on its own
-    trained, _ = ppo.update_phase(new, mb, jax.random.PRNGKey(1), jnp.asarray(1e-3, jnp.float32))
+    trained, metrics = ppo.update_phase(new, mb, jax.random.PRNGKey(1), jnp.asarray(1e-3, jnp.float32))
     for a, b in zip(jax.tree.leaves(new.injection), jax.tree.leaves(trained.injection)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(trained.params)))
@@ -880,6 +880,7 @@ def test_injection_keeps_the_function_freezes_the_old_network_and_trains_a_fresh
     np.testing.assert_allclose(got_value, value, atol=2e-4)
     np.testing.assert_allclose(ppo.value(trained, obs), value, atol=2e-4)
     np.testing.assert_allclose(log_prob, -np.sum(log_std + 0.5 * np.log(2 * np.pi)) * np.ones(len(obs)), atol=1e-4)
+    np.testing.assert_allclose(float(metrics["log_std"]), np.mean(log_std), atol=1e-5)  # the policy's, not the live net's
     # once per run: a later switch does nothing
     again, events = ppo.task_switch(trained, jax.random.PRNGKey(6), 1)
     assert events == {} and again is trained

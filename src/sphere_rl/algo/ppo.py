@@ -609,7 +609,11 @@ class PPO:
         summary["nonfinite_updates"] = nonfinite.sum()
         summary["early_stopped"] = stopped.astype(jnp.float32)
         summary["learning_rate_end"] = opt_learning_rate(state.opt_state["actor"])
-        summary["log_std"] = jnp.mean(state.params["actor"]["params"]["log_std"])
+        log_std = state.params["actor"]["params"]["log_std"]
+        if "actor" in self.injected:  # the policy's log std: the live one plus the frozen offset (0 before)
+            frozen = state.injection["actor"]
+            log_std = log_std + frozen["old"]["params"]["log_std"] - frozen["init"]["params"]["log_std"]
+        summary["log_std"] = jnp.mean(log_std)
         if self.trac:
             summary["trac/scale"] = trac.scale_of(state.opt_state["actor"])
             summary["trac/critic/scale"] = trac.scale_of(state.opt_state["critic"])

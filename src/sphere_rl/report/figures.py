@@ -90,7 +90,7 @@ def success_bars(results: Results, metric: str = "average_success") -> plt.Figur
     protocols = [p for p in ("rl", "crl") if p in set(values[PROTOCOL].astype(str))] or sorted(values[PROTOCOL].astype(str).unique())
     fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(archs) * len(methods)), 4.0))
     width = 0.8 / (len(methods) * len(protocols))
-    colors = plt.get_cmap("tab10")
+    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")  # one colour per method
     for i, arch in enumerate(archs):
         for j, method in enumerate(methods):
             for k, protocol in enumerate(protocols):
@@ -108,7 +108,10 @@ def success_bars(results: Results, metric: str = "average_success") -> plt.Figur
     ax.set_xticks(range(len(archs)), archs)
     ax.set_ylabel(metric.replace("_", " ") + " (mean, 95 % CI; dots: seeds)")
     ax.set_ylim(0, 1.05 if metric == "average_success" else None)
-    ax.legend(fontsize=8, ncol=2)
+    if len(methods) * len(protocols) > 8:  # many bars: the legend beside the axes, not over them
+        ax.legend(fontsize=8, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=8, ncol=2)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("RL vs CRL success per architecture and method")
     fig.tight_layout()
