@@ -525,9 +525,12 @@ class PPO:
 
     # ------------------------------------------------------------------ update phase
     def _minibatch_step(self, carry: tuple[AgentState, jax.Array], xs: Any):
+        """One minibatch step. `xs`: a minibatch, or (minibatch, the reference minibatch's observations or None
+        [, method `injection`'s offsets on the minibatch or None])."""
         state, stopped = carry
         p = self.cfg.ppo
-        mb, reg_obs, offsets = xs
+        parts = (xs,) if isinstance(xs, Batch) else tuple(xs)
+        mb, reg_obs, offsets = parts + (None,) * (3 - len(parts))
         if offsets is not None and "log_std" in offsets:
             offsets = {**offsets, "log_std": offsets["log_std"][0]}
 
