@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sphere demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(VENV)/bin/sphere bench

@@ -1,9 +1,18 @@
 """Shared test set-up: a persistent compilation cache so identical programs compile once per session, and a
-tiny CRL run over host (Gymnasium) envs."""
+tiny CRL run over host (Gymnasium) envs.
 
-import pytest
+`make test` runs the suite in two pytest-xdist workers (one per core of the CI machine, whole files to a
+worker); each worker's XLA then uses one thread, as the runs of a sweep do, so the two do not fight over the
+cores. The flag is set before anything imports jax."""
 
-from sphere_rl.compilation_cache import enable_compilation_cache
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+
+import pytest  # noqa: E402
+
+from sphere_rl.compilation_cache import enable_compilation_cache  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
