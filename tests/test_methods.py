@@ -1,6 +1,8 @@
 """Plasticity methods (sphere_rl.methods): the registry, and every intervention against its definition:
 what it re-initialises, what it leaves alone, the optimiser state it leaves, resume after it fired."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -356,7 +358,8 @@ def test_redo_recycles_exactly_the_dormant_units_of_a_dense_network_as_numpy_sco
         np.testing.assert_array_equal(np.asarray(new.params[network]["params"][head]["bias"]),
                                       np.asarray(params[head]["bias"]))
     assert events["redo/units"] == float(total) and total > 0
-    assert redo.due(9) is False or redo.every == 1
+    ten = dataclasses.replace(redo, every=10)
+    assert [i for i in range(30) if ten.due(i)] == [9, 19, 29] and ten.first_iteration == 9
 
 
 def test_redo_on_an_moe_recycles_a_dead_expert_unit_without_changing_the_policy():
@@ -569,9 +572,11 @@ def test_shrink_perturb_every_n_update_phases_fires_on_the_nth_and_validates():
     assert ppo.acts_after_iterations
     obs = jnp.zeros((4, 15))
     fired = [i for i in range(9) if ppo.after_iteration(state, obs, jax.random.PRNGKey(i), i)[1]]
-    assert fired == [2, 5, 8]
+    assert fired == [2, 5, 8] and ppo.interventions[0].first_iteration == 2
     same, events = ppo.task_switch(state, jax.random.PRNGKey(0), 1)
     assert events == {} and same is state  # at_switch=false
+    at_switch = Config().override([*SMALL_NET, "methods=[shrink_perturb]"]).validate()
+    assert PPO(at_switch, obs_dim=15, action_dim=3).interventions[0].first_iteration is None
     with pytest.raises(ConfigError, match="shrink_perturb.every"):
         Config().override(["methods=[shrink_perturb]", "shrink_perturb.at_switch=false"]).validate()
     with pytest.raises(ConfigError, match="shrink_perturb.moments"):
@@ -908,6 +913,9 @@ def test_injected_gradients_are_those_of_the_live_network_shifted_by_the_frozen_
     np.testing.assert_allclose(offsets["mean"], np.broadcast_to(c_mean, offsets["mean"].shape), atol=1e-5)
     np.testing.assert_allclose(offsets["value"], np.full(len(mb.obs), c_value), atol=1e-5)
     np.testing.assert_allclose(offsets["log_std"], c_log_std, atol=1e-6)
+    assert set(ppo.offsets(state, mb.obs, ("critic",))) == {"value"}  # PPO.value evaluates the critic's pair only
+    np.testing.assert_allclose(ppo.value(state, mb.obs),
+                               plain.critic.apply(shifted(state.params)["critic"], mb.obs).value, rtol=1e-5, atol=1e-5)
     got, got_metrics = ppo._gradients(state.params, mb, offsets=offsets)
     want, want_metrics = plain._gradients(shifted(state.params), mb)
     for (path, g), w in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want)):
@@ -925,8 +933,9 @@ def test_injection_after_n_update_phases_fires_once_and_validates():
     for i in range(7):
         state, events = ppo.after_iteration(state, obs, jax.random.PRNGKey(i), i)
         fired += [i] if events else []
-    assert fired == [2]  # after the third update phase, then never again
+    assert fired == [2] == [ppo.interventions[0].first_iteration]  # after the third update phase, then never
     assert set(ppo.offsets(state, obs)) == {"mean", "log_std"}  # the critic is not injected
+    assert ppo.offsets(state, obs, ("critic",)) is None
     same, events = ppo.task_switch(state, jax.random.PRNGKey(0), 1)
     assert events == {} and same is state
     with pytest.raises(ConfigError, match="injection.at_task"):

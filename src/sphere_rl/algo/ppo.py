@@ -163,10 +163,9 @@ class PPO:
         if self.regularizer is not None and getattr(self.regularizer, "factor", "forward") == "gradient":
             self.regularizer = dataclasses.replace(self.regularizer, activation=net.activation)
         self.interventions = build_interventions(cfg)
-        self.injected: tuple[str, ...] = ()
+        self.injected: tuple[str, ...] = next(
+            (m.networks for m in self.interventions if isinstance(m, injection_method.Injection)), ())
         """The networks that method `injection` injects into (their outputs get `offsets`)."""
-        if "injection" in self.methods:
-            self.injected = ("actor", "critic") if cfg.injection.networks == "both" else (cfg.injection.networks,)
         self.reg_networks: tuple[str, ...] = ()
         if self.regularizer is not None:
             self.reg_networks = ("actor", "critic") if cfg.reg.critic else ("actor",)
@@ -277,20 +276,23 @@ class PPO:
             return raw_obs.astype(jnp.float32)
         return state.obs_rms.normalize(raw_obs, self.cfg.ppo.obs_clip)
 
-    def offsets(self, state: AgentState, obs: jax.Array) -> dict[str, jax.Array] | None:
+    def offsets(self, state: AgentState, obs: jax.Array,
+                networks: tuple[str, ...] = ("actor", "critic")) -> dict[str, jax.Array] | None:
         """Method `injection`'s frozen part of the outputs on `obs`, f_old(x) - f_init(x), not differentiated:
-        {"mean": (B, A), "log_std": (A,)} for an injected actor, {"value": (B,)} for an injected critic;
-        zeros before the injection (not computed then, outside a vmap); None without the method."""
-        if not self.injected:
+        {"mean": (B, A), "log_std": (A,)} for an injected actor, {"value": (B,)} for an injected critic
+        (only those of `networks`); zeros before the injection (not computed then, outside a vmap); None
+        without the method or when none of `networks` is injected."""
+        which = tuple(n for n in self.injected if n in networks)
+        if not which:
             return None
         inj = jax.lax.stop_gradient(state.injection)
 
         def frozen(_):
             out = {}
-            if "actor" in self.injected:
+            if "actor" in which:
                 old, new = self.actor.apply(inj["actor"]["old"], obs), self.actor.apply(inj["actor"]["init"], obs)
                 out["mean"], out["log_std"] = old.mean - new.mean, old.log_std - new.log_std
-            if "critic" in self.injected:
+            if "critic" in which:
                 out["value"] = (self.critic.apply(inj["critic"]["old"], obs).value
                                 - self.critic.apply(inj["critic"]["init"], obs).value)
             return out
@@ -324,8 +326,8 @@ class PPO:
 
     def value(self, state: AgentState, obs: jax.Array) -> jax.Array:
         value = self.critic.apply(state.params["critic"], obs).value
-        if "critic" in self.injected:
-            value = value + self.offsets(state, obs)["value"]
+        if "critic" in self.injected:  # the critic's frozen pair only: the actor's is not needed here
+            value = value + self.offsets(state, obs, ("critic",))["value"]
         return value
 
     # ------------------------------------------------------------------ losses

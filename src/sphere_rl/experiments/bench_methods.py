@@ -74,9 +74,9 @@ def bench_methods(repeats: int = 2, n_epochs: int = 10, names: tuple[str, ...] |
         lr = jnp.float32(cfg.ppo.lr)
         if ppo.interventions:
             probe = jnp.asarray(rng.normal(size=(512, OBS)), jnp.float32)
-            if ppo.acts_after_iterations:
-                every = getattr(ppo.interventions[0], "every", None) or getattr(ppo.interventions[0], "after_iterations", 1)
-                fire = lambda p=ppo, s=state, e=every: p.after_iteration(s, probe, jax.random.PRNGKey(3), e - 1)[0]  # noqa: E731
+            first = ppo.interventions[0].first_iteration
+            if first is not None:
+                fire = lambda p=ppo, s=state, i=first: p.after_iteration(s, probe, jax.random.PRNGKey(3), i)[0]  # noqa: E731
             else:
                 fire = lambda p=ppo, s=state: p.task_switch(s, jax.random.PRNGKey(3), 1)[0]  # noqa: E731
             firing[name] = _timer(lambda f=fire: f().params)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from sphere_rl.methods import injection, redo, reset, shrink_perturb, trac
-from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, settings_of
+from sphere_rl.methods.base import KINDS, Events, Intervention, LossMethod, MethodSpec, networks_of, settings_of
 from sphere_rl.regularizers.churn import Churn
 from sphere_rl.regularizers.l2 import L2, L2Init
 from sphere_rl.regularizers.parseval import Parseval
@@ -43,19 +43,15 @@ register_method(MethodSpec(
     settings=("net.load_balance_coef",),
     summary="auxiliary load-balancing loss of MoE routers (Switch Transformer form), weight net.load_balance_coef",
     reference="Fedus, Zoph, Shazeer 2022, Switch Transformers, JMLR (eq. 4)"))
-def _networks(which: str) -> tuple[str, ...]:
-    return ("actor", "critic") if which == "both" else (which,)
-
-
 register_method(MethodSpec(
     name="l2", kind="loss", section="l2",
-    build=lambda cfg: LossMethod("l2", L2(coef=cfg.l2.coef), _networks(cfg.l2.networks), cfg.l2.mode),
+    build=lambda cfg: LossMethod("l2", L2(coef=cfg.l2.coef), networks_of(cfg.l2.networks), cfg.l2.mode),
     summary="L2 towards zero: 0.5 sum theta^2 over every parameter (coupled, as Adam weight decay)",
     reference="the usual L2 baseline of plasticity studies (e.g. Plasticine; Kumar et al. 2023 §5)"))
 register_method(MethodSpec(
     name="l2_init", kind="loss", section="l2_init",
     build=lambda cfg: LossMethod("l2_init", L2Init(coef=cfg.l2_init.coef, anchor=cfg.l2_init.anchor),
-                                 _networks(cfg.l2_init.networks), cfg.l2_init.mode),
+                                 networks_of(cfg.l2_init.networks), cfg.l2_init.mode),
     summary="L2-init (regenerative): 0.5 sum (theta - theta_0)^2, theta_0 the very first parameters "
             "(l2_init.anchor=task: each task's start)",
     reference="Kumar, Marklund, Van Roy 2023, Maintaining Plasticity in Continual Learning via Regenerative "
@@ -63,7 +59,7 @@ register_method(MethodSpec(
 def _parseval(cfg: Any) -> LossMethod:
     p = cfg.parseval
     scale = p.scale if p.scale is not None else (2.0 if cfg.net.init == "orthogonal" else 1.0)
-    return LossMethod("parseval", Parseval(coef=p.coef, scale=scale), _networks(p.networks), p.mode)
+    return LossMethod("parseval", Parseval(coef=p.coef, scale=scale), networks_of(p.networks), p.mode)
 
 
 register_method(MethodSpec(
@@ -75,7 +71,7 @@ register_method(MethodSpec(
               "NeurIPS (arXiv 2412.07224); code wechu/parseval_reg"))
 register_method(MethodSpec(
     name="cchain", kind="loss", section="cchain",
-    build=lambda cfg: LossMethod("cchain", Churn(coef=cfg.cchain.coef), _networks(cfg.cchain.networks), cfg.cchain.mode),
+    build=lambda cfg: LossMethod("cchain", Churn(coef=cfg.cchain.coef), networks_of(cfg.cchain.networks), cfg.cchain.mode),
     summary="C-CHAIN: churn reduction, mean (mu_theta(x) - mu_ref(x))^2 on a second shuffled minibatch, mu_ref "
             "the action mean one gradient step earlier; weighted against |L_pi| (loss mode, ratio 0.05)",
     reference="Tang, Obando-Ceron, Castro, Courville, Berseth 2025, Mitigating Plasticity Loss in Continual "

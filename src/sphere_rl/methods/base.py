@@ -61,6 +61,11 @@ class LossMethod:
     mode: str = "fixed"
 
 
+def networks_of(which: str) -> tuple[str, ...]:
+    """A method's `networks` setting as the networks it acts on: `both` -> ("actor", "critic")."""
+    return ("actor", "critic") if which == "both" else (which,)
+
+
 def settings_of(spec: MethodSpec, cfg: Any) -> dict[str, Any]:
     """{dotted field: value in `cfg`} of a method's settings."""
     names = spec.settings
@@ -90,6 +95,12 @@ class Intervention(abc.ABC):
         """Whether `after_iteration` can do something (the runner then calls it after every update phase
         with the task's probe states); default: whether a subclass overrides it."""
         return type(self).after_iteration is not Intervention.after_iteration
+
+    @property
+    def first_iteration(self) -> int | None:
+        """The first update phase (0-based, within a task) after which `after_iteration` acts; None when it
+        never does (default: 0 when it can act at all)."""
+        return 0 if self.acts_after_iterations else None
 
     def on_task_switch(self, ppo: Any, state: Any, key: jax.Array, task_index: int) -> tuple[Any, Events]:
         """At the start of task `task_index` >= 1 of a CRL run, before the task-start hooks (default: nothing)."""

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from sphere_rl.methods.base import Events, Intervention, replace_where
+from sphere_rl.methods.base import Events, Intervention, networks_of, replace_where
 
 
 def initial_state(params: dict[str, Any], networks: tuple[str, ...]) -> dict[str, Any]:
@@ -55,6 +55,10 @@ class Injection(Intervention):
     @property
     def acts_after_iterations(self) -> bool:
         return self.after_iterations > 0
+
+    @property
+    def first_iteration(self) -> int | None:
+        return self.after_iterations - 1 if self.after_iterations > 0 else None
 
     def apply(self, ppo: Any, state: Any, key: jax.Array) -> tuple[Any, Events]:
         """The agent after the injection: frozen pairs (current parameters, a fresh init drawn from `key`),
@@ -81,4 +85,4 @@ class Injection(Intervention):
 def build(cfg: Any) -> Injection:
     s = cfg.injection
     return Injection(at_task=s.at_task, after_iterations=s.after_iterations,
-                     networks=("actor", "critic") if s.networks == "both" else (s.networks,))
+                     networks=networks_of(s.networks))

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sphere_rl.diagnostics.plasticity import dormant_mask
-from sphere_rl.methods.base import Edit, Events, Intervention, edit_elements
+from sphere_rl.methods.base import Edit, Events, Intervention, edit_elements, networks_of
 from sphere_rl.nets.moe import with_dense_dispatch
 
 
@@ -101,6 +101,10 @@ class ReDo(Intervention):
     networks: tuple[str, ...] = ("actor", "critic")
     name: str = "redo"
 
+    @property
+    def first_iteration(self) -> int | None:
+        return self.every - 1
+
     def due(self, iteration: int) -> bool:
         return (iteration + 1) % self.every == 0
 
@@ -139,5 +143,4 @@ class ReDo(Intervention):
 
 def build(cfg: Any) -> ReDo:
     r = cfg.redo
-    networks = ("actor", "critic") if r.networks == "both" else (r.networks,)
-    return ReDo(tau=r.tau, every=r.every, networks=networks)
+    return ReDo(tau=r.tau, every=r.every, networks=networks_of(r.networks))

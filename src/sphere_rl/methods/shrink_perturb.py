@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from sphere_rl.methods.base import Events, Intervention, replace_where
+from sphere_rl.methods.base import Events, Intervention, networks_of, replace_where
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +36,10 @@ class ShrinkPerturb(Intervention):
     @property
     def acts_after_iterations(self) -> bool:
         return self.every > 0
+
+    @property
+    def first_iteration(self) -> int | None:
+        return self.every - 1 if self.every > 0 else None
 
     def apply(self, ppo: Any, state: Any, key: jax.Array) -> tuple[Any, Events]:
         """The agent with every parameter of `networks` shrunk and perturbed by a fresh init drawn from `key`."""
@@ -64,5 +68,5 @@ class ShrinkPerturb(Intervention):
 def build(cfg: Any) -> ShrinkPerturb:
     s = cfg.shrink_perturb
     return ShrinkPerturb(shrink=s.shrink, perturb=s.perturb, at_switch=s.at_switch, every=s.every,
-                         networks=("actor", "critic") if s.networks == "both" else (s.networks,),
+                         networks=networks_of(s.networks),
                          zero_moments=s.moments == "zero")
