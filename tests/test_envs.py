@@ -276,6 +276,12 @@ def test_resolve_sequence_by_name_and_comma_list():
     assert len(envs.resolve_sequence("arm6")) == 6 and len(envs.resolve_sequence("arm8")) == 8
     resolved = envs.resolve_sequence(" arm/reach,arm/heavy , gym:Pendulum-v1")
     assert resolved == ("arm/reach", "arm/heavy", "gym:Pendulum-v1")
+    # sequence names inside a list expand in place: arm2 twice, then a task
+    assert envs.resolve_sequence("arm2, arm2,arm/heavy") == (
+        "arm/reach", "arm/permute", "arm/reach", "arm/permute", "arm/heavy")
+    assert envs.resolve_sequence("arm6,arm6,arm6,arm6,arm6") == envs.resolve_sequence("arm6") * 5
+    with pytest.raises(envs.UnknownEnvError, match="arm66"):
+        envs.resolve_sequence("arm6,arm66")
     with pytest.raises(envs.UnknownEnvError, match="arm/nope"):
         envs.resolve_sequence("arm/reach,arm/nope")
     with pytest.raises(envs.UnknownEnvError, match="arm6"):

@@ -230,14 +230,15 @@ def list_sequences() -> dict[str, SequenceSpec]:
 
 
 def resolve_sequence(name_or_ids: str | Sequence[str]) -> tuple[str, ...]:
-    """Env ids of a registered sequence name, or of a comma-separated list of ids (each validated)."""
+    """Env ids of a registered sequence name, or of a comma-separated list whose parts are env ids or
+    sequence names (`"arm6,arm6"`: arm6 twice; `"arm2,arm/heavy"`), each id validated."""
     if isinstance(name_or_ids, str):
-        if name_or_ids in _SEQUENCES:
-            env_ids = _SEQUENCES[name_or_ids].env_ids
-        else:
-            env_ids = tuple(part.strip() for part in name_or_ids.split(",") if part.strip())
-            if len(env_ids) == 1 and env_ids[0] not in _ENVS and not env_ids[0].startswith(GYM_PREFIX):
-                raise _unknown("sequence or env id", env_ids[0], [*_SEQUENCES, *_ENVS])
+        parts = tuple(part.strip() for part in name_or_ids.split(",") if part.strip())
+        if len(parts) == 1 and parts[0] not in _SEQUENCES and parts[0] not in _ENVS \
+                and not parts[0].startswith(GYM_PREFIX):
+            raise _unknown("sequence or env id", parts[0], [*_SEQUENCES, *_ENVS])
+        env_ids = tuple(env_id for part in parts
+                        for env_id in (_SEQUENCES[part].env_ids if part in _SEQUENCES else (part,)))
     else:
         env_ids = tuple(name_or_ids)
     if not env_ids:
