@@ -425,7 +425,8 @@ def cmd_correlate(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from sphere_rl.experiments.study import format_study, study_table, write_study
+    from sphere_rl.experiments.study import (VISITS_NOTE, format_study, format_visits, study_table, visits_table,
+                                             write_study)
     from sphere_rl.results import stats
     from sphere_rl.results.table import load_results
 
@@ -443,6 +444,10 @@ def cmd_study(args: argparse.Namespace) -> int:
             if len(diffs):
                 print()
                 print(stats.to_text(diffs))
+            visits = visits_table(results, method=method, baseline=args.baseline, reps=args.reps)
+            if len(visits):
+                print("\nby visit (the sequence repeats its tasks; " + VISITS_NOTE[VISITS_NOTE.index(";") + 2:] + ")")
+                print(stats.to_text(format_visits(visits)))
     except ValueError as err:  # no protocol, unknown method field or baseline
         print(f"sphere study: {err}", file=sys.stderr)
         return 2

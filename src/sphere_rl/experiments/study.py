@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from sphere_rl.results import stats
-from sphere_rl.results.compare import per_run_values
+from sphere_rl.results.compare import task_end_rows, per_run_values
 from sphere_rl.results.table import Results
 
-__all__ = ["METHOD_FIELDS", "study_frame", "study_table", "format_study", "write_study"]
+__all__ = ["METHOD_FIELDS", "VISIT_METRICS", "study_frame", "study_table", "format_study", "visits_table",
+           "format_visits", "write_study"]
 
 METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef", "methods")
 """Config fields that make a method (with the settings sections of the registered methods); those that vary
@@ -196,6 +197,115 @@ def study_table(results: Results, *, method: Sequence[str] | None = None, baseli
     return table
 
 
+VISIT_METRICS: dict[str, str] = {"final_success": "success", "ntk_rank": "r_e(K)", "fit/auc": "fit/auc",
+                                 "rlprobe/auc": "rlprobe/auc"}
+"""Per-task values the visits table follows: summary metrics (per task) and diagnostics columns at task ends
+(taken when logged)."""
+
+
+def _per_task(results: Results, runs: pd.Index) -> pd.DataFrame:
+    """One row per (CRL run, task index): `task` and every logged metric of :data:`VISIT_METRICS`."""
+    frames = []
+    for metric in VISIT_METRICS:
+        rows = results.select("summary", metric)
+        if rows.empty:
+            rows = task_end_rows(results, metric)
+        rows = rows[rows["run"].isin(runs)].dropna(subset=["task_index"])
+        if rows.empty:
+            continue
+        rows = rows.assign(task_index=rows["task_index"].astype(int))
+        frames.append(rows.groupby(["run", "task_index"], observed=True)
+                      .agg(task=("task", "first"), value=("value", "mean")).rename(columns={"value": metric}))
+    if not frames:
+        return pd.DataFrame()
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.join(frame.drop(columns="task"), how="outer")
+    return out.reset_index()
+
+
+def visits_table(results: Results, *, method: Sequence[str] | None = None, baseline: str | None = None,
+                 reps: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """For CRL runs whose sequence repeats tasks (`arm6,arm6,...`): per row key, method and visit v (the
+    v-th time the tasks come round), over seeds with 95 % bootstrap CIs, the mean over that visit's tasks of
+    each logged :data:`VISIT_METRICS` value (success after the task's own training, r_e(K) and probe speeds
+    at the task's end). Then, per run, the last visit minus the first (paired within the run) and the
+    least-squares slope of r_e(K) over the task index (`ntk_slope`, per task); against `baseline`, the last
+    visit's success and r_e(K) (difference, CI, Welch p). Empty when no run repeats a task."""
+    frame, _, row_cols = study_frame(results, method=method)
+    crl = frame[frame["protocol"] == "crl"].set_index("run")
+    per_task = _per_task(results, crl.index)
+    if per_task.empty:
+        return pd.DataFrame()
+    per_task = per_task.sort_values(["run", "task_index"])
+    per_task["visit"] = per_task.groupby(["run", "task"], observed=True).cumcount() + 1
+    if per_task["visit"].max() < 2:
+        return pd.DataFrame()
+    metrics = [m for m in VISIT_METRICS if m in per_task.columns and per_task[m].notna().any()]
+    last = int(per_task["visit"].max())
+    by_visit = per_task.groupby(["run", "visit"], observed=True)[metrics].mean()
+    per_run = pd.DataFrame({m: by_visit[m].xs(last, level="visit") - by_visit[m].xs(1, level="visit")
+                            for m in metrics})
+    if "ntk_rank" in metrics:
+        def slope(rows: pd.DataFrame) -> float:
+            ok = rows.dropna(subset=["ntk_rank"])
+            return float(np.polyfit(ok["task_index"], ok["ntk_rank"], 1)[0]) if len(ok) >= 2 else math.nan
+        per_run["ntk_slope"] = per_task.groupby("run", observed=True)[["task_index", "ntk_rank"]].apply(slope)
+    by_visit = by_visit.reset_index().join(crl[[*row_cols, "method"]], on="run")
+    per_run = per_run.join(crl[[*row_cols, "method"]])
+    row_of = (lambda df: list(zip(*(df[c] for c in row_cols)))) if row_cols else (lambda df: [()] * len(df))
+    by_visit["_row"], per_run["_row"] = row_of(by_visit), row_of(per_run)
+    methods = sorted(crl["method"].unique(), key=lambda m: (m != "none", str(m)))
+    base = baseline if baseline is not None else methods[0]
+
+    def estimates(record: dict[str, Any], values: pd.DataFrame, names: list[str]) -> dict[str, Any]:
+        for m in names:
+            record[m], record[f"{m}_lo"], record[f"{m}_hi"], _ = _ci(values[m], reps, seed)
+        return record
+
+    out = []
+    for row in sorted(set(by_visit["_row"])):
+        for m in methods:
+            cells = by_visit[(by_visit["_row"] == row) & (by_visit["method"] == m)]
+            if cells.empty:
+                continue
+            head = {**dict(zip(row_cols, row)), "method": m}
+            for visit, cell in cells.groupby("visit"):
+                out.append(estimates({**head, "visit": str(visit), "n": len(cell)}, cell, metrics))
+            mine = per_run[(per_run["_row"] == row) & (per_run["method"] == m)]
+            out.append(estimates({**head, "visit": f"{last} − 1", "n": len(mine)}, mine,
+                                 [c for c in (*metrics, "ntk_slope") if c in mine.columns]))
+            if m != base:
+                ref = by_visit[(by_visit["_row"] == row) & (by_visit["method"] == base) & (by_visit["visit"] == last)]
+                now = cells[cells["visit"] == last]
+                record = {**head, "visit": f"{last}: vs {base}", "n": len(now)}
+                for name in ("final_success", "ntk_rank"):
+                    if name in metrics:
+                        d = _difference(now[name], ref[name], reps, seed)
+                        record[name], record[f"{name}_lo"], record[f"{name}_hi"], record[f"{name}_p"] = d
+                out.append(record)
+    table = pd.DataFrame(out)
+    table.attrs["baseline"] = base
+    table.attrs["metrics"] = metrics
+    return table
+
+
+def format_visits(table: pd.DataFrame, *, digits: int = 3) -> pd.DataFrame:
+    """The visits table for display: one column per metric, `value [lo, hi]`."""
+    keys = [c for c in table.columns if c in ("method", "visit", "n")
+            or not any(c.startswith(m) for m in (*VISIT_METRICS, "ntk_slope"))]
+    out = table[keys].copy()
+    for m in [*table.attrs.get("metrics", []), "ntk_slope"]:
+        if m not in table.columns:
+            continue
+        label = "r_e(K) slope per task" if m == "ntk_slope" else VISIT_METRICS[m]
+        out[label] = [stats.format_interval(v, lo, hi, digits) if np.isfinite(v) else "" for v, lo, hi in
+                      zip(table[m], table[f"{m}_lo"], table[f"{m}_hi"])]
+        if f"{m}_p" in table.columns:
+            out[f"p ({label})"] = [stats.format_p(p) if np.isfinite(p) else "" for p in table[f"{m}_p"]]
+    return out.reset_index(drop=True)
+
+
 _LABELS = {"crl": "CRL avg success", "rl": "RL avg success", "gap": "RL − CRL gap", "first_task": "first task (CRL)",
            "ntk_rank": "r_e(K), CRL task ends", "forgetting": "forgetting (CRL)"}
 
@@ -230,15 +340,28 @@ def write_study(results: Results, out_dir: str | Path, *, method: Sequence[str] 
 
     table = study_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
     cells, diffs = format_study(table)
+    visits = visits_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
     n = int(results.runs["complete"].sum())
-    text = "\n".join([
+    lines = [
         f"{n} complete runs in {results.root}; 95 % CIs: percentile bootstrap over runs ({reps} resamples); "
         f"the gap is paired by seed; p: Welch's t-test, not corrected for multiple comparisons.",
         "", "### Cells", "", stats.to_markdown(cells),
         "", f"### Against {table.attrs['baseline']} (same row)", "",
         stats.to_markdown(diffs) if len(diffs) else "(one method only)", "",
-    ])
+    ]
+    if len(visits):
+        lines += ["### By visit (CRL runs whose sequence repeats its tasks)", "", VISITS_NOTE, "",
+                  stats.to_markdown(format_visits(visits)), ""]
+    text = "\n".join(lines)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [atomic_write_text(out / "study.md", text), atomic_write_text(out / "study.csv", table.to_csv(index=False))]
+    if len(visits):
+        written.append(atomic_write_text(out / "visits.csv", visits.to_csv(index=False)))
     return text, [Path(p) for p in written]
+
+
+VISITS_NOTE = ("Visit v: the v-th time the sequence's tasks come round; each value is the mean over that visit's "
+               "tasks (success after the task's own training; r_e(K) and probe speeds at its end), then over "
+               "seeds. `L − 1`: the last visit minus the first, paired within each run. `L: vs <baseline>`: the "
+               "last visit against the baseline's (Welch p).")

@@ -17,7 +17,7 @@ import pandas as pd
 from sphere_rl.results import stats
 from sphere_rl.results.table import Results
 
-__all__ = ["per_run_values", "score_matrices", "groups_within", "compare_groups", "compare_report", "GroupComparison",
+__all__ = ["per_run_values", "task_end_rows", "score_matrices", "groups_within", "compare_groups", "compare_report", "GroupComparison",
            "PER_TASK_METRICS"]
 
 PER_TASK_METRICS = ("final_success", "final_return", "ntk_rank", "proxy_rank")
@@ -40,7 +40,7 @@ def per_run_values(results: Results, metric: str = "average_success") -> pd.Data
         rows = results.select("summary", metric)
         means = rows.groupby("run", observed=True)["value"].mean().rename(metric)
         frame = runs[keep].join(means, on="run")
-    elif not (rows := _task_end_rows(results, metric)).empty:
+    elif not (rows := task_end_rows(results, metric)).empty:
         means = rows.groupby("run", observed=True)["value"].mean().rename(metric)
         frame = runs[keep].join(means, on="run")
     else:
@@ -50,7 +50,7 @@ def per_run_values(results: Results, metric: str = "average_success") -> pd.Data
     return frame.reset_index(drop=True)
 
 
-def _task_end_rows(results: Results, metric: str) -> pd.DataFrame:
+def task_end_rows(results: Results, metric: str) -> pd.DataFrame:
     """The diagnostics rows of `metric` at task ends (finite values only)."""
     rows = results.select("diagnostics", metric)
     if rows.empty or "task_end" not in rows.columns:
