@@ -322,26 +322,27 @@ def test_study_by_visit_follows_repeated_tasks_against_numpy(sweep, tmp_path):
             succ = np.round(rng.uniform(0, 1, 6), 3)
             ntk = np.round(12.0 - np.arange(6) * (0.2 if method == "sphere" else 1.0) + rng.normal(0, 0.3, 6), 3)
             fit = np.round(rng.uniform(0, 1, 6), 3)
-            values[method, seed] = succ, ntk, fit
+            entropy = np.round(rng.normal(1.0, 0.5, 6), 3)
+            values[method, seed] = succ, ntk, fit, entropy
             cfg = preset("demo-quick", {"reg.name": method, "run.protocol": "crl", "seed": seed,
                                         "run.tasks": "arm2,arm2,arm2", "run.steps_per_task": STEPS})
             run = tmp_path / "runs" / f"{method}-{seed}"
             run.mkdir(parents=True)
             (run / "config.json").write_text(cfg.to_json())
             (run / "manifest.json").write_text(json.dumps({"seed": seed}))
-            rows = ["env_step,task_index,task,task_step,task_end,fit/auc"]
-            rows += [f"{(t + 1) * STEPS},{t},{task},{STEPS},1,{fit[t]}" for t, task in enumerate(tasks)]
-            rows += [f"{t * STEPS + 8},{t},{task},8,0,99.0" for t, task in enumerate(tasks)]  # not a task end
+            rows = ["env_step,task_index,task,task_step,task_end,fit/auc,policy_entropy"]
+            rows += [f"{(t + 1) * STEPS},{t},{task},{STEPS},1,{fit[t]},{entropy[t]}" for t, task in enumerate(tasks)]
+            rows += [f"{t * STEPS + 8},{t},{task},8,0,99.0,99.0" for t, task in enumerate(tasks)]  # not a task end
             (run / "diagnostics.csv").write_text("\n".join(rows) + "\n")
             (run / "summary.json").write_text(json.dumps({
                 "protocol": "crl", "tasks": tasks, "final_success": succ.tolist(), "ntk_rank": ntk.tolist(),
                 "env_steps": 6 * STEPS, "average_success": float(succ.mean())}))
     res = load_results(tmp_path, complete_only=True)
     table = visits_table(res, reps=300).set_index(["method", "visit"])
-    assert table.attrs["metrics"] == ["final_success", "ntk_rank", "fit/auc"]
+    assert table.attrs["metrics"] == ["final_success", "ntk_rank", "fit/auc", "policy_entropy"]
     for method in ("none", "sphere"):
         per_seed = {k: np.array([values[method, s][i].reshape(3, 2).mean(axis=1) for s in range(3)])
-                    for i, k in enumerate(("final_success", "ntk_rank", "fit/auc"))}  # (seeds, visits)
+                    for i, k in enumerate(("final_success", "ntk_rank", "fit/auc", "policy_entropy"))}  # (seeds, visits)
         for v in (1, 2, 3):
             for k, arr in per_seed.items():
                 assert table.loc[(method, str(v)), k] == pytest.approx(arr[:, v - 1].mean())
@@ -356,7 +357,7 @@ def test_study_by_visit_follows_repeated_tasks_against_numpy(sweep, tmp_path):
     assert against["final_success"] == pytest.approx(last["sphere"].mean() - last["none"].mean())
     assert against["final_success_p"] == pytest.approx(sps.ttest_ind(last["sphere"], last["none"], equal_var=False).pvalue)
     shown = format_visits(visits_table(res, reps=300))
-    assert {"success", "r_e(K)", "fit/auc", "r_e(K) slope per task", "p (success)"} <= set(shown.columns)
+    assert {"success", "r_e(K)", "fit/auc", "entropy", "r_e(K) slope per task", "p (success)"} <= set(shown.columns)
     text, files = write_study(res, tmp_path / "study", reps=300)
     assert "By visit" in text and (tmp_path / "study" / "visits.csv") in files
     # one run of the repeated sequence is still a table; the synthetic sweep's sequence repeats nothing

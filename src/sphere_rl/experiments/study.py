@@ -198,7 +198,7 @@ def study_table(results: Results, *, method: Sequence[str] | None = None, baseli
 
 
 VISIT_METRICS: dict[str, str] = {"final_success": "success", "ntk_rank": "r_e(K)", "fit/auc": "fit/auc",
-                                 "rlprobe/auc": "rlprobe/auc"}
+                                 "rlprobe/auc": "rlprobe/auc", "policy_entropy": "entropy"}
 """Per-task values the visits table follows: summary metrics (per task) and diagnostics columns at task ends
 (taken when logged)."""
 
