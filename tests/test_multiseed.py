@@ -13,6 +13,7 @@ from sphere_rl.runs.logger import read_metrics
 
 SEEDS = (0, 1, 2)
 TIMING = {"steps_per_s", "wall_time_s", "ntk/seconds"}
+FIT_SPEEDS = ("fit/auc", "fit/final")
 
 
 def _cfgs(*extra):
@@ -62,10 +63,13 @@ def test_a_group_equals_its_seeds_run_alone_up_to_float_rounding(group_runs, alo
     """Vmapped programs are compiled differently from the single-seed one (other fusions and loop
     orders), so results agree to float32 rounding at the first update and drift slowly after: the
     first update's loss to 1e-6 relative; every logged number, over the whole run, to 1e-3 of its
-    column's largest magnitude (so that values crossing zero are judged on the column's scale; 1e-2 for
-    the target-fitting probe, which amplifies them through its own 200 Adam steps), except the
-    loss-share ratios, whose denominator |L_pi + c_ent L_ent| passes near zero (rounding there is
-    amplified without bound); integer and text columns exactly."""
+    column's largest magnitude (so that values crossing zero are judged on the column's scale), except
+    the loss-share ratios, whose denominator |L_pi + c_ent L_ent| passes near zero (rounding there is
+    amplified without bound), and the target-fitting probe's speeds (`fit/auc`, `fit/final`): those
+    take 200 Adam steps of their own from the drifted parameters and amplify the drift (a CI machine
+    measured `fit/final` 0.0452 alone vs 0.0469 grouped), so they get 5e-2 here, and the test below
+    checks them exactly against the probe recomputed from the seed's own checkpoint; integer and text
+    columns exactly."""
     _, group_dirs, _ = group_runs
     ratios = {"reg/loss_share"}
     for alone, grouped in zip(alone_runs, group_dirs):
@@ -81,15 +85,28 @@ def test_a_group_equals_its_seeds_run_alone_up_to_float_rounding(group_runs, alo
                     vb = np.asarray([np.nan if v is None else v for v in vb])
                     scale = np.nanmax(np.abs(va)) if np.isfinite(va).any() else 0.0
                     assert np.array_equal(np.isnan(va), np.isnan(vb)), (name, k)
-                    # the target-fitting probe takes 200 Adam steps from the seed's parameters: their
-                    # rounding differences grow through those steps, so its columns get 1e-2
-                    rel = 1e-2 if k.startswith("fit/") else 1e-3
+                    rel = 5e-2 if k in FIT_SPEEDS else 1e-3
                     ok = np.isnan(va) | (np.abs(va - vb) <= rel * scale + 1e-6)
                     assert ok.all(), (name, k, va[~ok], vb[~ok])
                 else:
                     assert va == vb, (name, k)
         first_a, first_b = read_metrics(alone.path("metrics.csv"))[0], read_metrics(grouped.path("metrics.csv"))[0]
         assert abs(first_a["loss"] - first_b["loss"]) <= 1e-6 * abs(first_a["loss"])
+
+
+def test_a_groups_fitting_probe_is_the_probe_of_each_seeds_own_parameters(group_runs):
+    """The last task end's `fit/*` numbers of every grouped seed equal the target-fitting probe run
+    afresh (single-seed code) on the agent restored from that seed's final checkpoint, to float32
+    rounding: the group measures each seed on its own parameters and probe states."""
+    _, group_dirs, _ = group_runs
+    for cfg, grouped in zip(_cfgs(), group_dirs):
+        last = [r for r in read_metrics(grouped.path("diagnostics.csv")) if r.get("fit/final") is not None][-1]
+        runner = Runner(cfg, RunDir.open(grouped.root))
+        state, agent, _, _ = runner._restore()
+        assert state["env_step"] == last["env_step"]
+        again = runner.diagnostics.measure(agent, last["task_index"], full=False, fit=True).metrics
+        for k in (*FIT_SPEEDS, "fit/initial_loss"):
+            assert again[k] == pytest.approx(last[k], rel=1e-5, abs=1e-7), k
 
 
 def test_a_group_is_deterministic(group_runs, tmp_path):
