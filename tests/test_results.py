@@ -360,6 +360,18 @@ def test_study_by_visit_follows_repeated_tasks_against_numpy(sweep, tmp_path):
     assert {"success", "r_e(K)", "fit/auc", "entropy", "r_e(K) slope per task", "p (success)"} <= set(shown.columns)
     text, files = write_study(res, tmp_path / "study", reps=300)
     assert "By visit" in text and (tmp_path / "study" / "visits.csv") in files
+    # the figure draws the table's own numbers: one line per method in each metric's panel, visits 1..3
+    from sphere_rl.report.figures import visits_curves
+    fig = visits_curves(visits_table(res, reps=300))
+    panels = {ax.get_title(): ax for ax in fig.axes}
+    assert len(panels) == 4
+    for ax, k in zip(fig.axes, ("final_success", "ntk_rank", "fit/auc", "policy_entropy")):
+        assert [line.get_label() for line in ax.lines] == ["none", "sphere"]
+        for line in ax.lines:
+            assert list(line.get_xdata()) == [1, 2, 3]
+            want = [table.loc[(line.get_label(), str(v)), k] for v in (1, 2, 3)]
+            assert np.asarray(line.get_ydata()) == pytest.approx(want)
+    assert visits_curves(visits_table(load_results(sweep, complete_only=True))) is None
     # one run of the repeated sequence is still a table; the synthetic sweep's sequence repeats nothing
     assert set(visits_table(load_results(tmp_path / "runs" / "none-0"), reps=100)["visit"]) == {"1", "2", "3", "3 − 1"}
     assert visits_table(load_results(sweep, complete_only=True)).empty

@@ -436,6 +436,10 @@ def cmd_study(args: argparse.Namespace) -> int:
         results = load_results(args.path, complete_only=True)
         if args.out:
             text, files = write_study(results, args.out, method=method, baseline=args.baseline, reps=args.reps)
+            visits = visits_table(results, method=method, baseline=args.baseline, reps=args.reps)
+            if len(visits):
+                from sphere_rl.report.figures import save_figure, visits_curves
+                files += save_figure(visits_curves(visits), Path(args.out) / "figures", "visits")
             print(text)
             print("wrote " + ", ".join(str(f) for f in files))
         else:

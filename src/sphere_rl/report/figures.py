@@ -24,7 +24,7 @@ from sphere_rl.results.compare import per_run_values  # noqa: E402
 from sphere_rl.results.table import Results  # noqa: E402
 
 __all__ = ["success_bars", "ntk_rank_across_tasks", "performance_profiles", "proxy_scatter", "feature_pca", "overhead_table",
-           "method_label", "save_figure", "png_bytes", "FIGURES"]
+           "visits_curves", "method_label", "save_figure", "png_bytes", "FIGURES"]
 
 PROTOCOL, ARCH = "run.protocol", "net.actor"
 
@@ -273,6 +273,38 @@ def overhead_table(results: Results, baseline: str | None = None) -> pd.DataFram
                             "ratio CI high": float(np.percentile(boot, 97.5))})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+_VISIT_PANELS = {"final_success": "success after the task's training", "ntk_rank": "r_e(K) at task ends",
+                 "fit/auc": "target-fitting probe, fit/auc (lower: faster)", "policy_entropy": "policy entropy at task ends"}
+
+
+def visits_curves(visits: pd.DataFrame) -> plt.Figure | None:
+    """One panel per metric of a by-visit table (`experiments.study.visits_table`): each method's mean over
+    seeds at every visit of a repeating sequence with its 95 % bootstrap CI band (the table's own numbers),
+    so that what changes from one round of the tasks to the next is seen at a glance. None when the table is
+    empty (no sequence repeats its tasks)."""
+    if visits is None or visits.empty:
+        return None
+    rows = visits[visits["visit"].astype(str).str.fullmatch(r"\d+")].copy()
+    rows["v"] = rows["visit"].astype(int)
+    metrics = [m for m in _VISIT_PANELS if m in rows.columns and rows[m].notna().any()]
+    row_cols = [c for c in rows.columns if c not in ("method", "visit", "n", "v") and not any(
+        c == m or c.startswith(f"{m}_") for m in (*visits.attrs.get("metrics", []), *_VISIT_PANELS, "ntk_slope"))]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for key, group in rows.groupby([*row_cols, "method"], sort=False):
+            key = key if isinstance(key, tuple) else (key,)
+            group = group.sort_values("v")
+            line, = ax.plot(group["v"], group[metric], marker="o", ms=3, label=" ".join(str(k) for k in key))
+            ax.fill_between(group["v"], group[f"{metric}_lo"], group[f"{metric}_hi"], color=line.get_color(), alpha=0.2)
+        ax.set_title(_VISIT_PANELS[metric], fontsize=9)
+        ax.set_xlabel("visit (round of the tasks)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def png_bytes(fig: plt.Figure, dpi: int = 110) -> bytes:
