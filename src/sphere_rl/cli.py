@@ -435,8 +435,9 @@ def cmd_study(args: argparse.Namespace) -> int:
     try:
         results = load_results(args.path, complete_only=True)
         if args.out:
-            text, files = write_study(results, args.out, method=method, baseline=args.baseline, reps=args.reps)
             visits = visits_table(results, method=method, baseline=args.baseline, reps=args.reps)
+            text, files = write_study(results, args.out, method=method, baseline=args.baseline, reps=args.reps,
+                                      visits=visits)
             if len(visits):
                 from sphere_rl.report.figures import save_figure, visits_curves
                 files += save_figure(visits_curves(visits), Path(args.out) / "figures", "visits")

@@ -287,6 +287,7 @@ def visits_table(results: Results, *, method: Sequence[str] | None = None, basel
     table = pd.DataFrame(out)
     table.attrs["baseline"] = base
     table.attrs["metrics"] = metrics
+    table.attrs["row_columns"] = list(row_cols)
     return table
 
 
@@ -333,14 +334,17 @@ def format_study(table: pd.DataFrame, *, digits: int = 3) -> tuple[pd.DataFrame,
 
 
 def write_study(results: Results, out_dir: str | Path, *, method: Sequence[str] | None = None,
-                baseline: str | None = None, reps: int = 2000, seed: int = 0) -> tuple[str, list[Path]]:
+                baseline: str | None = None, reps: int = 2000, seed: int = 0,
+                visits: pd.DataFrame | None = None) -> tuple[str, list[Path]]:
     """Write `study.csv` (the numbers) and `study.md` (the two display tables) into `out_dir`; returns the
-    markdown text and the files written."""
+    markdown text and the files written. `visits`: the :func:`visits_table` of the same arguments when the
+    caller already has it (computed here otherwise)."""
     from sphere_rl.runs.atomic import atomic_write_text
 
     table = study_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
     cells, diffs = format_study(table)
-    visits = visits_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
+    if visits is None:
+        visits = visits_table(results, method=method, baseline=baseline, reps=reps, seed=seed)
     n = int(results.runs["complete"].sum())
     lines = [
         f"{n} complete runs in {results.root}; 95 % CIs: percentile bootstrap over runs ({reps} resamples); "

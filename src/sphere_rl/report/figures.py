@@ -289,8 +289,7 @@ def visits_curves(visits: pd.DataFrame) -> plt.Figure | None:
     rows = visits[visits["visit"].astype(str).str.fullmatch(r"\d+")].copy()
     rows["v"] = rows["visit"].astype(int)
     metrics = [m for m in _VISIT_PANELS if m in rows.columns and rows[m].notna().any()]
-    row_cols = [c for c in rows.columns if c not in ("method", "visit", "n", "v") and not any(
-        c == m or c.startswith(f"{m}_") for m in (*visits.attrs.get("metrics", []), *_VISIT_PANELS, "ntk_slope"))]
+    row_cols = list(visits.attrs.get("row_columns", []))
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for key, group in rows.groupby([*row_cols, "method"], sort=False):
