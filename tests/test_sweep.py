@@ -16,6 +16,7 @@ import pytest
 
 from sphere_rl.cli import main
 from sphere_rl.runs.lock import FileLock, LockHeldError
+from sphere_rl.sweeps.launch import running_now
 from sphere_rl.sweeps.spec import SpecError, SweepSpec, load_spec, parse_grid_arg, parse_seeds
 from sphere_rl.sweeps.sweep_dir import SweepDir
 from sphere_rl.sweeps.worker import run_job
@@ -218,6 +219,16 @@ def test_worker_restarts_a_run_killed_before_its_first_checkpoint(tmp_path):
         b = (root / name).read_text().splitlines()
         assert len(a) == len(b), name  # no duplicated rows from the first attempt
     assert record["average_success"] == reference["average_success"]
+
+
+def test_launcher_reports_only_this_launchs_attempts():
+    # a sweep killed mid-job leaves `running, attempt 2`; the next launch must not print it as its own
+    stale = {"state": "running", "attempts": 2, "resumed": True}
+    assert not running_now(stale, attempts_before=2)
+    assert running_now({**stale, "attempts": 3}, attempts_before=2)
+    assert running_now({"state": "running", "attempts": 1}, attempts_before=0)
+    assert not running_now({"state": "done", "attempts": 3}, attempts_before=2)
+    assert not running_now({}, attempts_before=0)
 
 
 # ----------------------------------------------------------------------------- real Ray

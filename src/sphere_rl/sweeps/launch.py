@@ -173,6 +173,8 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
         + (f"; {grouped} jobs in {sum(len(g) > 1 for g in groups)} seed groups (vmapped seeds)" if grouped else ""))
     task = _ray_task(retries, num_gpus)
     pending: dict[Any, list[Job]] = {}
+    # a job killed with its sweep still says `running` from that launch: show only this launch's attempts
+    attempts_before = {job.job_id: int(sweep.status(job.job_id).get("attempts", 0)) for job in todo}
     for group in groups:
         ref = task.remote(str(sweep.root), [j.to_index() for j in group], [j.config.to_dict() for j in group],
                           time.time())
@@ -185,7 +187,8 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
             ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=poll_s)
             for job in (j for group in pending.values() for j in group):  # running: from the status files
                 record = sweep.status(job.job_id)
-                if record.get("state") == "running" and shown.get(job.job_id) != f"running{record.get('attempts')}":
+                if (running_now(record, attempts_before[job.job_id])
+                        and shown.get(job.job_id) != f"running{record.get('attempts')}"):
                     shown[job.job_id] = f"running{record.get('attempts')}"
                     what = "resumed" if record.get("resumed") else "running"
                     attempt = f" (attempt {record['attempts']})" if record.get("attempts", 1) > 1 else ""
@@ -213,6 +216,13 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
     outcome = SweepOutcome(sweep.root, states, records, time.perf_counter() - start, n_cpus)
     _print_summary(outcome, by_id, stream)
     return outcome
+
+
+def running_now(record: dict[str, Any], attempts_before: int) -> bool:
+    """Whether a status record shows an attempt of this launch running. A job whose sweep was killed keeps
+    its last record (`running`, attempt n) until the next launch's worker writes attempt n + 1: that stale
+    record is not this launch's and is not reported."""
+    return record.get("state") == "running" and int(record.get("attempts", 0)) > attempts_before
 
 
 def _report(job: Job, record: dict[str, Any], states: dict[str, str], records: dict[str, dict[str, Any]],
