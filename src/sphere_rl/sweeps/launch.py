@@ -146,12 +146,15 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
     states: dict[str, str] = {}
     records: dict[str, dict[str, Any]] = {}
     todo: list[Job] = []
+    # a job killed with its sweep still says `running` from that launch: show only this launch's attempts
+    attempts_before: dict[str, int] = {}
     for job in jobs:
         record = sweep.status(job.job_id)
         if record.get("state") == "done" and (sweep.run_dir(job.job_id) / "summary.json").is_file():
             states[job.job_id], records[job.job_id] = "done", record
         else:
             todo.append(job)
+            attempts_before[job.job_id] = int(record.get("attempts", 0))
 
     from tqdm.auto import tqdm
 
@@ -173,8 +176,6 @@ def launch(spec: SweepSpec, root: str | Path, *, address: str | None = None, num
         + (f"; {grouped} jobs in {sum(len(g) > 1 for g in groups)} seed groups (vmapped seeds)" if grouped else ""))
     task = _ray_task(retries, num_gpus)
     pending: dict[Any, list[Job]] = {}
-    # a job killed with its sweep still says `running` from that launch: show only this launch's attempts
-    attempts_before = {job.job_id: int(sweep.status(job.job_id).get("attempts", 0)) for job in todo}
     for group in groups:
         ref = task.remote(str(sweep.root), [j.to_index() for j in group], [j.config.to_dict() for j in group],
                           time.time())
