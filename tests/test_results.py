@@ -376,3 +376,51 @@ def test_study_by_visit_follows_repeated_tasks_against_numpy(sweep, tmp_path):
     assert set(visits_table(load_results(tmp_path / "runs" / "none-0"), reps=100)["visit"]) == {"1", "2", "3", "3 − 1"}
     assert visits_table(load_results(sweep, complete_only=True)).empty
     assert "By visit" not in write_study(load_results(sweep, complete_only=True), tmp_path / "plain", reps=100)[0]
+
+
+def test_first_tasks_cuts_every_run_to_a_common_prefix(sweep, tmp_path, capsys):
+    """`sphere study --first-tasks 2`: a 2-task run and the first two tasks of the 3-task runs form one cell;
+    averages are recomputed over the prefix (numpy on the known successes), whole-sequence numbers dropped."""
+    import shutil
+
+    from sphere_rl.experiments.study import study_table
+
+    root = tmp_path / "mixed"
+    shutil.copytree(sweep, root)
+    short = root / "runs" / "sphere-crl-7"  # seed 7 of SPHERE, CRL, trained on the first two tasks only
+    shutil.copytree(root / "runs" / "sphere-crl-3", short)
+    cfg = preset("demo-quick", {"reg.name": "sphere", "run.protocol": "crl", "seed": 7,
+                                "run.tasks": ",".join(TASKS[:2]), "run.steps_per_task": STEPS})
+    (short / "config.json").write_text(cfg.to_json())
+    summary = json.loads((short / "summary.json").read_text())
+    summary.update(tasks=TASKS[:2], final_success=[0.5, 0.25], final_return=[2.0] * 2, ntk_rank=[6.0, 4.0],
+                   proxy_rank=[3.0, 2.0], ntk_top_eigenvalues=summary["ntk_top_eigenvalues"][:2])
+    (short / "summary.json").write_text(json.dumps(summary))
+    full = load_results(root, complete_only=True)
+    assert "run.tasks" in full.cell_columns  # two task lists: two cells before the cut
+    with pytest.raises(ValueError, match="no complete run has 3 tasks"):
+        full.subset(["runs/sphere-crl-7"]).first_tasks(3)
+    cut = full.first_tasks(2)
+    assert cut.cell_columns == ["reg.name", "run.protocol"]
+    assert cut.constant_config["run.tasks"] == ",".join(TASKS[:2]) and len(cut.runs) == 17
+    runs = cut.runs.set_index("run")
+    assert runs.loc["runs/none-crl-1", "average_success"] == pytest.approx(np.mean(success("none", "crl", 1)[:2]))
+    assert runs.loc["runs/sphere-crl-7", "average_success"] == pytest.approx(0.375)
+    assert runs["cw.forgetting"].isna().all() and runs["env_steps"].isna().all()
+    long = cut.long
+    assert "continual" not in set(long["source"]) and long["task_index"].dropna().max() == 1
+    assert long["eval_task_index"].dropna().max() == 1
+    averages = long[long["metric"] == "average_success"].set_index("run")["value"]
+    assert averages.to_dict() == pytest.approx(runs["average_success"].to_dict())
+    table = study_table(cut, reps=300).set_index("method")
+    crl = [np.mean(success("sphere", "crl", s)[:2]) for s in range(4)] + [0.375]
+    assert table.loc["sphere", "n_crl"] == 5 and table.loc["sphere", "crl"] == pytest.approx(np.mean(crl))
+    ntk = [np.mean([15.0 + s - t for t in range(2)]) for s in range(4)] + [5.0]
+    assert table.loc["sphere", "ntk_rank"] == pytest.approx(np.mean(ntk))
+    assert np.isnan(table.loc["sphere", "forgetting"])
+    with pytest.raises(ValueError, match="at least 1"):
+        full.first_tasks(0)
+    assert main(["study", str(root), "--first-tasks", "2", "--reps", "100"]) == 0
+    assert "RL − CRL gap" in capsys.readouterr().out
+    assert main(["study", str(root), "--first-tasks", "4", "--reps", "100"]) == 2
+    assert capsys.readouterr().err.strip() == "sphere study: --first-tasks: no complete run has 4 tasks (the longest has 3)"

@@ -434,6 +434,11 @@ def cmd_study(args: argparse.Namespace) -> int:
     method = [f.strip() for f in args.method.split(",") if f.strip()] if args.method else None
     try:
         results = load_results(args.path, complete_only=True)
+        if args.first_tasks is not None:
+            try:
+                results = results.first_tasks(args.first_tasks)
+            except ValueError as err:
+                raise ValueError(f"--first-tasks: {err}") from None
         if args.out:
             visits = visits_table(results, method=method, baseline=args.baseline, reps=args.reps)
             text, files = write_study(results, args.out, method=method, baseline=args.baseline, reps=args.reps,
@@ -667,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the config fields that make a method, comma-separated (default: those of reg.name, reg.mode, "
                         "reg.coef that vary)")
     p.add_argument("--baseline", default=None, help="the baseline method (default: none/... or the first)")
+    p.add_argument("--first-tasks", type=int, default=None, metavar="N",
+                   help="compare every run on its first N tasks only (runs of at least N tasks): a short run beside "
+                        "the start of a longer one of the same config and seed")
     p.add_argument("--reps", type=int, default=2000, help="bootstrap resamples")
     p.set_defaults(func=cmd_study)
 

@@ -124,6 +124,51 @@ class Results:
         """The same results restricted to complete runs (summary.json written)."""
         return self.subset(self.runs.loc[self.runs["complete"], "run"])
 
+    def first_tasks(self, n: int) -> "Results":
+        """The complete runs of at least ``n`` tasks, each cut to its first ``n``: a 3-task run and the first
+        three tasks of a 10-task run of the same config and seed are the same training (a run's first tasks
+        do not depend on the tasks after them), so both can be compared as one cell. Kept: per-task summary
+        rows, evaluation rows of the first ``n`` tasks on those tasks, diagnostics rows logged during them;
+        ``average_success`` is recomputed over the ``n`` tasks; ``run.tasks`` becomes the ``n`` task ids
+        (joined with ``,``). Dropped, as numbers of the whole sequence: the Continual World metrics
+        (``continual`` rows, ``cw.*``), ``env_steps`` and ``wall_time_s``."""
+        if n < 1:
+            raise ValueError(f"the number of tasks must be at least 1, got {n}")
+        done = self.complete()
+        finals = done.select("summary", "final_success").dropna(subset=["task_index"])
+        tasks = {run: rows.sort_values("task_index")["task"].astype(str).tolist()
+                 for run, rows in finals.groupby("run", observed=True)}
+        keep = sorted(run for run, names in tasks.items() if len(names) >= n)
+        if not keep:
+            longest = max((len(v) for v in tasks.values()), default=0)
+            raise ValueError(f"no complete run has {n} tasks (the longest has {longest})")
+        prefix = {run: ",".join(tasks[run][:n]) for run in keep}
+        done = done.subset(keep)
+        long = done.long
+        task_index = pd.to_numeric(long["task_index"], errors="coerce")
+        eval_index = pd.to_numeric(long["eval_task_index"], errors="coerce")
+        average = (long["source"] == "summary") & (long["metric"] == "average_success")  # recomputed below
+        rows = ((long["source"].isin(["summary", "eval", "diagnostics"])) & (task_index < n)
+                & ((long["source"] != "eval") | (eval_index < n))).fillna(False) | average
+        long = long[rows.to_numpy(dtype=bool, na_value=False)].reset_index(drop=True).copy()
+        runs = done.runs.copy()
+        per_task = long[(long["source"] == "summary") & (long["metric"] == "final_success")]
+        runs["average_success"] = runs["run"].map(per_task.groupby("run", observed=True)["value"].mean())
+        for column in ("env_steps", "wall_time_s", *(c for c in runs.columns if c.startswith("cw."))):
+            runs[column] = None if column == "cw.reference_run" else np.nan
+        is_average = ((long["source"] == "summary") & (long["metric"] == "average_success")).to_numpy(dtype=bool)
+        long.loc[is_average, "value"] = (long.loc[is_average, "run"].astype(str)
+                                         .map(runs.set_index("run")["average_success"]).to_numpy(dtype=float))
+        runs["run.tasks"] = runs["run"].map(prefix)
+        constant = dict(self.constant_config)
+        if len(set(prefix.values())) == 1:
+            constant["run.tasks"] = next(iter(prefix.values()))
+            long = long.drop(columns=["run.tasks"], errors="ignore")
+        else:
+            constant.pop("run.tasks", None)
+            long["run.tasks"] = long["run"].map(prefix)
+        return Results(runs=runs.reset_index(drop=True), long=long, constant_config=constant, root=self.root)
+
     def select(self, source: str, metric: str | Iterable[str]) -> pd.DataFrame:
         metrics = [metric] if isinstance(metric, str) else list(metric)
         long = self.long
