@@ -41,6 +41,7 @@ def test_overrides_coerce_types_and_round_trip(tmp_path):
     ("net.actor=transformer", "net.actor"),
     ("reg.name=dropout", "reg.name"),
     ("reg.mode=sometimes", "reg.mode"),
+    ("reg.scale=unit", "reg.scale"),
     ("ppo.minibatch_size=100", "ppo.minibatch_size"),
     ("ppo.gamma=1.5", "ppo.gamma"),
     ("ppo.n_epochs=two", "ppo.n_epochs"),

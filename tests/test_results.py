@@ -288,6 +288,9 @@ def test_study_method_labels_name_the_default_coefficient():
     assert _method_labels(runs, ["reg.name", "reg.mode", "reg.coef", "methods", "reset.parts"]).tolist() == [
         "none", "sphere/grad/0.001", "sphere/loss/0.05", "sphere/loss/0.2", "reset[log_std,heads]",
         "sphere/loss/0.05 + reset[all]"]
+    scaled = pd.DataFrame([{"reg.name": "sphere", "reg.mode": "grad", "reg.coef": 1.0, "reg.scale": scale, "methods": "[]"}
+                           for scale in ("raw", "trace")])
+    assert _method_labels(scaled, ["reg.name", "reg.coef", "reg.scale"]).tolist() == ["sphere/1/raw", "sphere/1/trace"]
 
 
 def test_next_task_deficit_pairs_a_task_end_with_the_next_tasks_shortfall_against_rl(sweep):

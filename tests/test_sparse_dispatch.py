@@ -18,7 +18,7 @@ from sphere_rl.config import NetConfig
 from sphere_rl.diagnostics.spectral import routing_weighted_features
 from sphere_rl.nets.grouped import grouped_matmul, permute_rows
 from sphere_rl.nets.moe import with_dense_dispatch
-from sphere_rl.regularizers.sphere import assignment_gram, feature_loss
+from sphere_rl.regularizers.sphere import assignment_gram, feature_loss, layer_loss
 
 OBS_DIM, ACTION_DIM = 6, 3
 NET = NetConfig(hidden_sizes=(16, 12), gate_hidden_sizes=(8,), critic_hidden_sizes=(8,), n_experts=6, top_k=2, n_shared=2)
@@ -218,3 +218,7 @@ def test_assignment_gram_equals_phi_phi_transpose(kind):
     for layer in range(len(NET.hidden_sizes)):
         phi = np.asarray(routing_weighted_features(features, layer), np.float64)
         np.testing.assert_allclose(assignment_gram(features, layer), phi @ phi.T, rtol=1e-5, atol=1e-6)
+        # the trace-scaled loss from the assignments' Gram equals the dense Phi's (D > T here: batch space)
+        a = phi.T @ phi / phi.shape[0]
+        expected = float(np.sum((a / np.trace(a) - np.eye(phi.shape[1]) / phi.shape[1]) ** 2))
+        np.testing.assert_allclose(float(layer_loss(features, layer, "concat", "trace")), expected, rtol=1e-4)

@@ -19,6 +19,7 @@ from sphere_rl.regularizers.base import Regularizer
 from sphere_rl.regularizers.sphere import (
     SphereRegularizer,
     routing_loss,
+    scaled_sphere_loss,
     sphere_loss,
     sphere_loss_batch_space,
     sphere_loss_feature_space,
@@ -168,6 +169,49 @@ def test_routing_loss_is_sphere_on_probs_over_e():
     np.testing.assert_allclose(value, brute_sphere(probs) / 5, rtol=1e-4)
 
 
+def brute_trace_scaled(phi: np.ndarray) -> float:
+    """||A / Tr A - I / D||_F^2 in float64: the spectrum's shape alone (`reg.scale=trace`)."""
+    phi = np.asarray(phi, dtype=np.float64)
+    a = phi.T @ phi / phi.shape[0]
+    return float(np.sum((a / np.trace(a) - np.eye(phi.shape[1]) / phi.shape[1]) ** 2))
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_trace_scale_matches_brute_force_and_ignores_the_features_size(shape):
+    """`trace`: the raw loss over (Tr A)^2; the same for Phi and 10 Phi or Phi / 10 (the raw loss: x 1e4, 1e-4),
+    and in [0, 1 - 1/D] (0 isotropic, 1 - 1/D rank one), so shrinking the features does not lower it."""
+    phi = random_phi(shape, seed=7)
+    value = float(scaled_sphere_loss(jnp.asarray(phi, jnp.float32), "trace"))
+    np.testing.assert_allclose(value, brute_trace_scaled(phi), rtol=1e-4)
+    for c in (0.1, 10.0):
+        np.testing.assert_allclose(float(scaled_sphere_loss(jnp.asarray(c * phi, jnp.float32), "trace")), value,
+                                   rtol=1e-4)
+        np.testing.assert_allclose(float(scaled_sphere_loss(jnp.asarray(c * phi, jnp.float32), "raw")),
+                                   c**4 * brute_sphere(phi), rtol=1e-3)
+    rank_one = np.outer(np.arange(1.0, shape[0] + 1), np.ones(shape[1]))
+    n_cols = shape[1]
+    # a rank-one Gram of D columns: the normalised spectrum is (1, 0, ...): (1 - 1/D)^2 + (D - 1) / D^2 = 1 - 1/D
+    np.testing.assert_allclose(float(scaled_sphere_loss(jnp.asarray(rank_one, jnp.float32), "trace")),
+                               1.0 - 1.0 / n_cols, rtol=1e-4)
+
+
+def test_trace_scale_is_zero_with_zero_gradient_at_dead_features():
+    """All-zero Phi (every unit dead): raw and trace-scaled losses are 0 with a finite, zero gradient."""
+    zero = jnp.zeros((12, 8), jnp.float32)
+    for scale in ("raw", "trace"):
+        value, grad = jax.value_and_grad(lambda p: scaled_sphere_loss(p, scale))(zero)
+        assert float(value) == 0.0 and np.all(np.asarray(grad) == 0.0)
+
+
+def test_trace_scaled_gradient_is_orthogonal_to_phi():
+    """Scale invariance in the gradient: <dL/dPhi, Phi> = d/dc L(c Phi) at c = 1 = 0 for `trace` (4 L for
+    `raw`, the pull towards zero features that a strong raw penalty follows)."""
+    phi = jnp.asarray(random_phi((20, 6), seed=3), jnp.float32)
+    for scale, expected in (("trace", 0.0), ("raw", 4.0 * brute_sphere(np.asarray(phi)))):
+        grad = jax.grad(lambda p: scaled_sphere_loss(p, scale))(phi)
+        np.testing.assert_allclose(float(jnp.sum(grad * phi)), expected, atol=1e-5 * max(1.0, expected), rtol=1e-3)
+
+
 # -- the regulariser on real actor outputs --------------------------------------------------------
 @pytest.mark.parametrize("kind", ["mlp", "topk_moe", "dense_moe", "ds_moe"])
 def test_penalty_equals_hand_built_phi(kind):
@@ -188,6 +232,22 @@ def test_ds_moe_phi_includes_shared_experts_with_weight_one():
     width = NET.hidden_sizes[-1]
     assert phi.shape == (BATCH, (NET.n_shared + NET.n_experts) * width)
     np.testing.assert_allclose(phi[:, :width], np.asarray(out.features.hidden[-1][0]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "topk_moe", "dense_moe", "ds_moe"])
+def test_trace_scale_on_actor_outputs(kind):
+    """`scale=trace` on real actors: the concatenated form against the hand-built Phi, the per-expert form as
+    the sum of each expert's own trace-scaled loss; `RegConfig(scale=...)` reaches the regulariser."""
+    *_, out = actor_out(kind)
+    reg = regularizers.make_regularizer(RegConfig(name="sphere", scale="trace"))
+    assert reg.scale == "trace"
+    value = reg.penalty(out, None)[0]["feature"]
+    np.testing.assert_allclose(float(value), brute_trace_scaled(hand_phi(out.features)), rtol=1e-4)
+    per_expert = SphereRegularizer(form="per_expert", scale="trace").penalty(out, None)[0]["feature"]
+    expected = sum(brute_trace_scaled(phi) for phi in hand_expert_phis(out.features) if np.any(phi))
+    np.testing.assert_allclose(float(per_expert), expected, rtol=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        SphereRegularizer(scale="unit")
 
 
 @pytest.mark.parametrize("kind", ["mlp", "topk_moe", "ds_moe"])

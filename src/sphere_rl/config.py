@@ -157,6 +157,11 @@ class RegConfig:
     """SPHERE: the factor whose Gram is penalised: `forward` (the expert features Phi, the paper's method) or
     `gradient` (the backpropagated factor d f / d z of the last hidden pre-activation, routing-weighted and
     concatenated: the paper's gradient-factor ablation as SPEC §3 reads it; `placement=last` only)."""
+    scale: str = "raw"
+    """SPHERE: `raw`, the paper's L = ||A - (Tr A / D) I||_F^2, which is homogeneous of degree 4 in the
+    features, so all-zero features minimise it as well as an isotropic spectrum does; or `trace`, L / (Tr A)^2
+    = ||A / Tr A - I / D||_F^2, which depends only on the shape of the spectrum (our extension, not the
+    paper's: docs/methods.md)."""
     routing_coef: float = 0.0
     """SPHERE: ratio (lambda in `fixed` mode) of the routing penalty, the same spectral penalty on the
     router's gate weights G (T x E routed experts, zero outside the top-k: the official
@@ -764,6 +769,7 @@ def _validate(cfg: Config) -> None:
     _check(r.coef is None or r.coef >= 0, "reg.coef", "must be >= 0 (or none: the mode's default)", r.coef)
     _check(r.placement in ("last", "all"), "reg.placement", "must be 'last' or 'all'", r.placement)
     _check(r.form in ("concat", "per_expert"), "reg.form", "must be 'concat' or 'per_expert'", r.form)
+    _check(r.scale in ("raw", "trace"), "reg.scale", "must be 'raw' or 'trace'", r.scale)
     _check(r.factor in ("forward", "gradient"), "reg.factor", "must be 'forward' or 'gradient'", r.factor)
     _check(r.factor == "forward" or r.placement == "last", "reg.factor",
            "'gradient' is defined on the last hidden layer only (reg.placement=last)", r.factor)

@@ -2,7 +2,7 @@
 
 A *row* is one combination of the cell columns other than the method and the protocol (for the study
 sweep: the actor kind); a *method* is one combination of the method fields that vary (`reg.name`,
-`reg.mode`, `reg.coef`, `methods` and the methods' own settings: `none`, `sphere/grad/0.001`,
+`reg.mode`, `reg.coef`, `reg.scale`, `methods` and the methods' own settings: `none`, `sphere/grad/0.001`,
 `reset[log_std]`, ...). For every row and method the table gives,
 over seeds, with 95 % bootstrap CIs (`results.stats`):
 
@@ -33,7 +33,7 @@ from sphere_rl.results.table import Results
 __all__ = ["METHOD_FIELDS", "VISIT_METRICS", "study_frame", "study_table", "format_study", "visits_table",
            "format_visits", "write_study"]
 
-METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef", "methods")
+METHOD_FIELDS: tuple[str, ...] = ("reg.name", "reg.mode", "reg.coef", "reg.scale", "methods")
 """Config fields that make a method (with the settings sections of the registered methods); those that vary
 between the runs form the method column."""
 
@@ -68,8 +68,8 @@ def _setting(value: Any) -> str:
 
 def _method_labels(runs: pd.DataFrame, fields: list[str]) -> pd.Series:
     """A run's method: `none` without any; else its methods joined with ` + `: SPHERE as `sphere` followed by
-    its mode and coefficient where those are among `fields` (a default `reg.coef`, None, shown as the mode's
-    value: `sphere/loss/0.05`), every other listed method by name with its settings among `fields` in
+    its mode, coefficient and scale where those are among `fields` (a default `reg.coef`, None, shown as the
+    mode's value: `sphere/loss/0.05`; `sphere/grad/1/trace`), every other listed method by name with its settings among `fields` in
     brackets (`reset[log_std]`)."""
     from sphere_rl.config import MODE_DEFAULT_COEF
 
@@ -78,7 +78,7 @@ def _method_labels(runs: pd.DataFrame, fields: list[str]) -> pd.Series:
         parts = []
         if row.get("reg.name") == "sphere" or "sphere" in listed:
             text = "sphere"
-            for f in ("reg.mode", "reg.coef"):
+            for f in ("reg.mode", "reg.coef", "reg.scale"):
                 if f not in fields:
                     continue
                 value = row.get(f)

@@ -34,6 +34,9 @@ from sphere_rl.regularizers.base import Info, Regularizer
 PLACEMENTS = ("last", "all")
 FORMS = ("concat", "per_expert")
 FACTORS = ("forward", "gradient")
+SCALES = ("raw", "trace")
+_TRACE_EPS = 1e-12
+"""Keeps `trace_scaled` finite at Phi = 0 (Tr A is a mean of squared activations: O(1) in a live layer)."""
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -86,6 +89,21 @@ def sphere_loss(phi: jax.Array) -> jax.Array:
     return sphere_loss_feature_space(phi) if n_cols <= n_rows else sphere_loss_batch_space(phi)
 
 
+def trace_scaled(loss: jax.Array, trace: jax.Array) -> jax.Array:
+    """L / (Tr A)^2 = ||A / Tr A - I / D||_F^2 (`reg.scale=trace`): the loss of the spectrum's shape alone,
+    unchanged when Phi is multiplied by a constant (the raw L is multiplied by its 4th power, so all-zero
+    features minimise it). Zero, with a zero gradient, when Phi is zero."""
+    return loss / (jnp.square(trace) + _TRACE_EPS)
+
+
+def scaled_sphere_loss(phi: jax.Array, scale: str = "raw") -> jax.Array:
+    """`sphere_loss`, divided by (Tr A)^2 with `scale='trace'`."""
+    loss = sphere_loss(phi)
+    if scale == "raw":
+        return loss
+    return trace_scaled(loss, jnp.sum(jnp.square(phi)) / phi.shape[0])
+
+
 def routing_loss(gates: jax.Array) -> jax.Array:
     """Routing penalty on router weights G (T, E): (||G^T G / T||_F^2 - Tr(G^T G / T)^2 / E) / E.
 
@@ -103,25 +121,31 @@ def routed_gates(features: Features) -> jax.Array | None:
     return features.gates[:, features.n_shared:]
 
 
-def layer_loss(features: Features, layer: int, form: str) -> jax.Array:
-    """SPHERE loss of one hidden layer: on the concatenated Phi, or summed over experts."""
+def layer_loss(features: Features, layer: int, form: str, scale: str = "raw") -> jax.Array:
+    """SPHERE loss of one hidden layer: on the concatenated Phi, or summed over experts (each expert's
+    loss scaled by its own trace with `scale='trace'`)."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     if form == "concat":
         n_rows = features.gates.shape[0]
         n_cols = features.hidden[layer].shape[0] * features.hidden[layer].shape[-1]
         if features.assignments is not None and n_cols > n_rows:
-            return sphere_loss_from_gram(assignment_gram(features, layer), n_cols)
-        return sphere_loss(routing_weighted_features(features, layer))
+            gram = assignment_gram(features, layer)
+            loss = sphere_loss_from_gram(gram, n_cols)
+            return loss if scale == "raw" else trace_scaled(loss, jnp.trace(gram) / n_rows)
+        return scaled_sphere_loss(routing_weighted_features(features, layer), scale)
     if form == "per_expert":
-        return jnp.sum(jax.vmap(sphere_loss)(routing_weighted_expert_features(features, layer)))
+        per_expert = jax.vmap(lambda phi: scaled_sphere_loss(phi, scale))
+        return jnp.sum(per_expert(routing_weighted_expert_features(features, layer)))
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
-def feature_loss(features: Features, placement: str = "last", form: str = "concat") -> jax.Array:
+def feature_loss(features: Features, placement: str = "last", form: str = "concat", scale: str = "raw") -> jax.Array:
     """SPHERE feature term: last hidden layer, or the sum over all hidden layers."""
     if placement == "last":
-        return layer_loss(features, -1, form)
+        return layer_loss(features, -1, form, scale)
     if placement == "all":
-        return sum(layer_loss(features, layer, form) for layer in range(len(features.hidden)))
+        return sum(layer_loss(features, layer, form, scale) for layer in range(len(features.hidden)))
     raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
 
 
@@ -157,16 +181,18 @@ def gradient_factor(features: Features, kernel: jax.Array, activation: str) -> j
     return gates[:, :, None, None] * factor
 
 
-def gradient_factor_loss(features: Features, kernel: jax.Array, activation: str, form: str) -> jax.Array:
+def gradient_factor_loss(features: Features, kernel: jax.Array, activation: str, form: str,
+                         scale: str = "raw") -> jax.Array:
     """SPHERE's penalty on the gradient factor: rows are (state, action output) pairs, columns the
     concatenated (expert, unit) pairs: Psi (T A, E H), L(Psi) as for Phi (`concat`), or summed over experts
     of each expert's (T A, H) block (`per_expert`)."""
     psi = gradient_factor(features, kernel, activation)  # (E, T, A, H)
     n_experts, batch, n_out, width = psi.shape
     if form == "concat":
-        return sphere_loss(jnp.transpose(psi, (1, 2, 0, 3)).reshape(batch * n_out, n_experts * width))
+        return scaled_sphere_loss(jnp.transpose(psi, (1, 2, 0, 3)).reshape(batch * n_out, n_experts * width), scale)
     if form == "per_expert":
-        return jnp.sum(jax.vmap(sphere_loss)(psi.reshape(n_experts, batch * n_out, width)))
+        per_expert = jax.vmap(lambda block: scaled_sphere_loss(block, scale))
+        return jnp.sum(per_expert(psi.reshape(n_experts, batch * n_out, width)))
     raise ValueError(f"form must be one of {FORMS}, got {form!r}")
 
 
@@ -193,6 +219,8 @@ class SphereRegularizer(Regularizer):
     (the paper's gradient-factor ablation as we read it, SPEC §3; `gradient_factor`)."""
     activation: str = "relu"
     """The network's hidden activation (the gradient factor needs its derivative)."""
+    scale: str = "raw"
+    """`raw`: the paper's L; `trace`: L / (Tr A)^2, scale-invariant (`trace_scaled`; not the paper's)."""
     name: str = "sphere"
 
     def __post_init__(self) -> None:
@@ -204,6 +232,8 @@ class SphereRegularizer(Regularizer):
             raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
         if self.form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {self.form!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES}, got {self.scale!r}")
         if self.coef < 0 or self.routing_coef < 0:
             raise ValueError(f"coef and routing_coef must be >= 0, got {self.coef}, {self.routing_coef}")
 
@@ -215,9 +245,10 @@ class SphereRegularizer(Regularizer):
         del state
         features = out.features
         if self.factor == "gradient":
-            terms = {"feature": gradient_factor_loss(features, head_kernel(params), self.activation, self.form)}
+            terms = {"feature": gradient_factor_loss(features, head_kernel(params), self.activation, self.form,
+                                                     self.scale)}
         else:
-            terms = {"feature": feature_loss(features, self.placement, self.form)}
+            terms = {"feature": feature_loss(features, self.placement, self.form, self.scale)}
         gates = routed_gates(features)
         routing = routing_loss(gates) if gates is not None else jnp.zeros((), terms["feature"].dtype)
         if self.routing_coef > 0 and gates is not None:
@@ -234,4 +265,4 @@ class SphereRegularizer(Regularizer):
 
 def build(reg_cfg: RegConfig) -> SphereRegularizer:
     return SphereRegularizer(placement=reg_cfg.placement, form=reg_cfg.form, coef=reg_cfg.resolved_coef,
-                             routing_coef=reg_cfg.routing_coef, factor=reg_cfg.factor)
+                             routing_coef=reg_cfg.routing_coef, factor=reg_cfg.factor, scale=reg_cfg.scale)
