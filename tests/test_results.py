@@ -427,3 +427,30 @@ def test_first_tasks_cuts_every_run_to_a_common_prefix(sweep, tmp_path, capsys):
     assert "RL − CRL gap" in capsys.readouterr().out
     assert main(["study", str(root), "--first-tasks", "4", "--reps", "100"]) == 2
     assert capsys.readouterr().err.strip() == "sphere study: --first-tasks: no complete run has 4 tasks (the longest has 3)"
+
+
+def test_keep_runs_copies_what_the_tables_read_and_nothing_else(sweep, tmp_path):
+    import importlib.util
+    import shutil
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "keep_runs.py"
+    spec = importlib.util.spec_from_file_location("keep_runs", path)
+    keep_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keep_runs)
+    src = tmp_path / "src"
+    shutil.copytree(sweep, src)
+    heavy = src / "runs" / "none-rl-0"
+    (heavy / "checkpoints").mkdir(exist_ok=True)
+    (heavy / "checkpoints" / "ckpt.msgpack").write_bytes(b"x" * 100)
+    (heavy / "metrics.csv").write_text("env_step\n0\n")
+    dest = tmp_path / "kept"
+    assert keep_runs.main([str(src), str(dest)]) == 0
+    kept = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert "runs/none-crl-9/config.json" not in kept  # unfinished: left behind
+    assert not any("checkpoints" in p or p.endswith("metrics.csv") and "continual" not in p for p in kept)
+    assert "runs/sphere-crl-1/continual_metrics.csv" in kept and len({p.split("/")[1] for p in kept}) == 16
+    original = load_results(sweep, complete_only=True).long
+    copied = load_results(dest).long
+    pd.testing.assert_frame_equal(copied.reset_index(drop=True), original.reset_index(drop=True),
+                                  check_categorical=False)
+    assert keep_runs.main([str(tmp_path / "missing"), str(dest)]) == 2
