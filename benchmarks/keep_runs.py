@@ -4,7 +4,7 @@
 
 copies, for every finished run directory under SRC (config.json, manifest.json and summary.json
 present), its config, manifest, summary, evaluation, diagnostics and Continual World metrics into
-DEST under the same relative path: about 40 kB per run, small enough to commit, so that a later
+DEST under the same relative path: about 30 kB per run, small enough to commit, so that a later
 session (or a reader) can add runs beside them and recompute every table with `sphere study DEST`.
 Checkpoints, TensorBoard files, probe buffers and the per-update metrics stay behind.
 """
