@@ -3,8 +3,9 @@
     python benchmarks/keep_runs.py runs/coef10 benchmarks/results/study-topk
 
 copies, for every finished run directory under SRC (config.json, manifest.json and summary.json
-present), its config, manifest, summary, evaluation, diagnostics and Continual World metrics into
-DEST under the same relative path: about 30 kB per run, small enough to commit, so that a later
+present), its config, manifest, summary, evaluation, diagnostics, Continual World metrics and
+intervention events into DEST under the same relative path: about 30 kB per run, small enough to
+commit, so that a later
 session (or a reader) can add runs beside them and recompute every table with `sphere study DEST`.
 Checkpoints, TensorBoard files, probe buffers and the per-update metrics stay behind.
 """
@@ -16,15 +17,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from sphere_rl.results.table import find_runs
+
 KEPT = ("config.json", "manifest.json", "summary.json", "eval.csv", "diagnostics.csv",
         "continual_metrics.csv", "events.csv")
-REQUIRED = ("config.json", "manifest.json", "summary.json")
 
 
 def finished_runs(src: Path) -> list[Path]:
-    """Every finished run directory at or under ``src``, sorted."""
-    return sorted(p.parent for p in src.rglob("summary.json")
-                  if all((p.parent / name).is_file() for name in REQUIRED))
+    """Every finished run directory (the results table's run directories with a summary.json) under ``src``."""
+    return [run for run in find_runs(src) if (run / "summary.json").is_file()]
 
 
 def keep(src: Path, dest: Path) -> int:
